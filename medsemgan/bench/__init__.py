@@ -1,0 +1,1 @@
+"""Benchmarks behind ``medsemgan bench``: each compares fast vs reference paths in one run."""

@@ -1,0 +1,60 @@
+"""The ``medsemgan`` command.
+
+Each verb lives in the layer that owns it; this module only routes. A verb module provides
+``add_arguments(parser)`` and ``run(args) -> int`` and is imported lazily, so ``medsemgan info``
+does not pay for importing the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medsemgan import __version__
+from medsemgan.errors import InputError
+
+# verb -> (module, one-line help). Add a verb here when its module exists and works.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsemgan",
+        description="Semi-supervised liver segmentation in CT and MRI (SemanticGAN-style).",
+    )
+    parser.add_argument("--version", action="version", version=f"medsemgan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for verb, (module_name, help_text) in COMMANDS.items():
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as err:
+        print(f"medsemgan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medsemgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: readers, catalogue of known sources, MONAI transforms, slice datasets."""

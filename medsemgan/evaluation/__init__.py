@@ -1,0 +1,1 @@
+"""Evaluation: CHAOS-conformant metrics, evaluate command, cross-modality report."""

@@ -1,0 +1,1 @@
+"""Inference: encoder + test-time optimization inferer, volume segmentation, writers."""

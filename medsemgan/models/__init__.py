@@ -1,0 +1,1 @@
+"""Networks: joint image-label generator, image and joint discriminators, encoder."""

@@ -1,0 +1,1 @@
+"""Training loops: semi-supervised GAN, encoder, supervised U-Net baseline."""
