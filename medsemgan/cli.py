@@ -18,6 +18,7 @@ from medsemgan.errors import InputError
 # verb -> (module, one-line help). Add a verb here when its module exists and works.
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
+    "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
 }
 
 
