@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 
 MASK_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Words that name a file's role rather than its case, stripped for the second pairing pass.
-_ROLE_PREFIX = re.compile(r"^(image|img|label|labels|seg|segmentation|pred|prediction|mask|gt)[_-]", re.I)
-_ROLE_SUFFIX = re.compile(
-    r"[_-](image|img|label|labels|seg|segmentation|pred|prediction|mask|gt|liver|0000)$", re.I
-)
+_ROLES = "image|img|label|labels|seg|segmentation|pred|prediction|mask|gt"
+_ROLE_PREFIX = re.compile(rf"^({_ROLES})[_-]", re.I)
+_ROLE_SUFFIX = re.compile(rf"[_-]({_ROLES}|liver|0000)$", re.I)
 DEFAULT_AFFINE_TOL_MM = 1e-3
 METRIC_COLUMNS = (
     "dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml"
@@ -166,7 +165,8 @@ def check_geometry(pred: MaskVolume, gt: MaskVolume, tol_mm: float) -> None:
     if pred.array.shape != gt.array.shape:
         raise InputError(
             pred.path,
-            f"shape {pred.array.shape} differs from the ground truth {gt.path} shape {gt.array.shape}",
+            f"shape {pred.array.shape} differs from the ground truth {gt.path} "
+            f"shape {gt.array.shape}",
         )
     diff = float(np.max(np.abs(pred.affine - gt.affine)))
     if diff > tol_mm:
@@ -296,11 +296,18 @@ def run(args: argparse.Namespace) -> int:
     for case, pred_path, gt_path in pairs:
         try:
             row = evaluate_case(
-                pred_path, gt_path, args.label_pred, args.label_gt, args.chaos_score, args.affine_tol
+                pred_path,
+                gt_path,
+                label_pred=args.label_pred,
+                label_gt=args.label_gt,
+                with_chaos=args.chaos_score,
+                affine_tol_mm=args.affine_tol,
             )
         except InputError as err:
             log.error("case %s failed: %s", case, err)
-            failed.append({"case": case, "pred": str(pred_path), "gt": str(gt_path), "error": str(err)})
+            failed.append(
+                {"case": case, "pred": str(pred_path), "gt": str(gt_path), "error": str(err)}
+            )
             continue
         rows.append({"case": case, "pred": str(pred_path), "gt": str(gt_path), **row})
         log.info(
