@@ -11,7 +11,9 @@ import importlib
 import json
 
 # what -> (module, help). Add a benchmark here when its module exists.
-BENCHMARKS: dict[str, tuple[str, str]] = {}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "ops": ("medsemgan.bench.ops", "custom ops (bias_act, upfirdn2d): compiled CPU path vs reference"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

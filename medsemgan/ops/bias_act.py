@@ -1,7 +1,12 @@
 """Fused bias + activation: ``y = clamp(act(x + b) * gain)``.
 
-Public entry point: :func:`bias_act`. The reference path here is plain PyTorch; the compiled path
-(same math, one pass over memory) is selected by :mod:`medsemgan.ops.loader`.
+Public entry point: :func:`bias_act`. Two paths compute the same function:
+
+- the reference (:func:`bias_act_reference`): plain PyTorch, one pass over memory per step;
+- the compiled path (:class:`_BiasActFunction`): one pass with the math of ``cuda/bias_act.h``,
+  run by the CPU extension (CPU tensors) or the CUDA extension (CUDA tensors), built lazily by
+  :mod:`medsemgan.ops.loader`. Its backward is another compiled op (:class:`_BiasActGradFunction`)
+  whose own backward is itself, so second derivatives (R1, path length) stay on the fast path.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from medsemgan.ops import loader
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,57 @@ def bias_act_reference(
     return x
 
 
+_ACT_CODES = {"linear": 0, "lrelu": 1}  # cuda/bias_act.h BiasActKind
+
+
+def _compiled_module(x: torch.Tensor, impl: str | None):
+    """The extension to run on ``x``'s device, or None for the reference path."""
+    if impl not in (None, "reference", "fused"):
+        raise ValueError(f"impl must be None, 'reference' or 'fused', got {impl!r}")
+    if impl == "reference" or x.device.type not in ("cpu", "cuda"):
+        return None
+    return loader.extension(x.device.type)
+
+
+class _BiasActGradFunction(torch.autograd.Function):
+    """dx = dy * slope(y): linear in dy, so its derivative is the same op on the incoming grad."""
+
+    @staticmethod
+    def forward(ctx, dy, y, ext, dim, code, alpha, gain, clamp):
+        ctx.save_for_backward(y)
+        ctx.config = (ext, dim, code, alpha, gain, clamp)
+        return ext.bias_act(dy, None, y, dim, code, alpha, gain, clamp)
+
+    @staticmethod
+    def backward(ctx, ddx):
+        (y,) = ctx.saved_tensors
+        # The slope is piecewise constant in y, so y gets no gradient.
+        return (_BiasActGradFunction.apply(ddx, y, *ctx.config),) + (None,) * 7
+
+
+class _BiasActFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b, ext, dim, code, alpha, gain, clamp):
+        y = ext.bias_act(x, b, None, dim, code, alpha, gain, clamp)
+        # Linear without clamp has a constant slope: nothing to keep for backward.
+        needs_y = code != _ACT_CODES["linear"] or clamp >= 0
+        ctx.save_for_backward(y if needs_y else None)
+        ctx.config = (ext, dim, code, alpha, gain, clamp)
+        ctx.needs_y = needs_y
+        ctx.bias_dtype = None if b is None else b.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        ext, dim, code, alpha, gain, clamp = ctx.config
+        dx = _BiasActGradFunction.apply(dy, y, *ctx.config) if ctx.needs_y else dy * gain
+        db = None
+        if ctx.needs_input_grad[1]:
+            db = dx.sum([d for d in range(dx.ndim) if d != dim]).to(ctx.bias_dtype)
+        return (dx if ctx.needs_input_grad[0] else None), db, None, None, None, None, None, None
+
+
 def bias_act(
     x: torch.Tensor,
     b: torch.Tensor | None = None,
@@ -79,7 +137,24 @@ def bias_act(
 ) -> torch.Tensor:
     """Add bias ``b`` along ``dim``, apply ``act`` ('linear' or 'lrelu'), scale by ``gain``, clamp.
 
-    ``impl``: None (best available), 'reference', or 'fused' (compiled; falls back with a
-    warning if it cannot be built).
+    ``impl``: None or 'fused' (compiled when it can be built, else the reference with one
+    warning; ``MEDSEMGAN_OPS=fused`` makes a failed build an error), or 'reference'.
+    ``MEDSEMGAN_OPS=reference`` forces the reference everywhere. The result dtype is that of
+    ``x + b`` on both paths; pass ``b.to(x.dtype)`` to keep bfloat16 activations in bfloat16.
     """
-    return bias_act_reference(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    spec, alpha_, gain_, clamp_ = _resolve(act, alpha, gain, clamp)
+    ext = _compiled_module(x, impl)
+    # The compiled gradient reads the activation's sign from y, which needs gain > 0.
+    if ext is None or gain_ <= 0 or not x.is_floating_point():
+        return bias_act_reference(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    dim = dim % x.ndim
+    if b is not None:
+        if b.ndim != 1 or b.shape[0] != x.shape[dim]:
+            raise ValueError(f"bias shape {tuple(b.shape)} does not match x.shape[{dim}]={x.shape[dim]}")
+        out_dtype = torch.result_type(x, b)
+        if out_dtype != x.dtype:
+            x = x.to(out_dtype)
+    code = _ACT_CODES[spec.name]
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return bias_act_reference(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    return _BiasActFunction.apply(x, b, ext, dim, code, alpha_, gain_, clamp_)

@@ -1,0 +1,169 @@
+// CPU extension: the per-element math of bias_act.h and upfirdn2d.h in multi-threaded loops.
+// Threads come from ATen's parallel_for (torch's own OpenMP runtime, so torch.set_num_threads
+// applies and no second OpenMP runtime is loaded); inner loops are written for vectorisation.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "binding_common.h"
+
+namespace medsemgan {
+namespace {
+
+constexpr int64_t kGrainElements = 16384;  // below this, threading costs more than it saves
+
+// Storage <-> compute conversions. bfloat16 is handled on its bits (round to nearest even, NaN
+// kept quiet) because c10::BFloat16's own conversion does not vectorise in these loops.
+template <typename S>
+struct Storage {
+    using raw = S;
+    template <typename T>
+    static inline T load(raw v) { return static_cast<T>(v); }
+    template <typename T>
+    static inline raw store(T v) { return static_cast<raw>(v); }
+};
+
+template <>
+struct Storage<c10::BFloat16> {
+    using raw = uint16_t;
+    template <typename T>
+    static inline T load(raw v) {
+        const uint32_t u = static_cast<uint32_t>(v) << 16;
+        float f;
+        std::memcpy(&f, &u, sizeof f);
+        return f;
+    }
+    template <typename T>
+    static inline raw store(T v) {
+        float f = static_cast<float>(v);
+        uint32_t u;
+        std::memcpy(&u, &f, sizeof u);
+        const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        return static_cast<raw>(f != f ? 0x7fc0u : rounded);
+    }
+};
+
+template <int ACT, bool CLAMP, bool GRAD, typename S, typename T>
+void bias_act_loop(const BiasActParams& p) {
+    using St = Storage<S>;
+    using R = typename St::raw;
+    const R* x = static_cast<const R*>(p.x);
+    const R* ref = static_cast<const R*>(p.ref);
+    const T* b = static_cast<const T*>(p.b);
+    R* out = static_cast<R*>(p.out);
+    const T alpha = static_cast<T>(p.alpha), gain = static_cast<T>(p.gain), clamp = static_cast<T>(p.clamp);
+    const int64_t C = p.channels, inner = p.inner;
+    // Channels innermost (channels-last, or bias along the last dim): a row holds all channels
+    // and the bias varies along it. Otherwise a row is one (outer, channel) pair with a constant
+    // bias over `inner` contiguous elements.
+    const bool channels_inner = inner == 1;
+    const int64_t rows = channels_inner ? p.outer : p.outer * C;
+    const int64_t len = channels_inner ? C : inner;
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(len, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const R* xr = x + r * len;
+            R* yr = out + r * len;
+            if (GRAD) {
+                const R* rr = ref + r * len;
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i)
+                    yr[i] = St::store(bias_act_gradient<ACT, CLAMP, T>(
+                        St::template load<T>(xr[i]), St::template load<T>(rr[i]), alpha, gain, clamp));
+            } else if (channels_inner) {
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i)
+                    yr[i] = St::store(
+                        bias_act_forward<ACT, CLAMP, T>(St::template load<T>(xr[i]) + b[i], alpha, gain, clamp));
+            } else {
+                const T bc = b[r % C];
+#pragma omp simd
+                for (int64_t i = 0; i < len; ++i)
+                    yr[i] = St::store(
+                        bias_act_forward<ACT, CLAMP, T>(St::template load<T>(xr[i]) + bc, alpha, gain, clamp));
+            }
+        }
+    });
+}
+
+template <bool GRAD, typename S, typename T>
+void bias_act_dispatch_act(const BiasActParams& p) {
+    const bool clamp = p.clamp >= 0;
+    if (p.act == kActLrelu) {
+        clamp ? bias_act_loop<kActLrelu, true, GRAD, S, T>(p) : bias_act_loop<kActLrelu, false, GRAD, S, T>(p);
+    } else {
+        clamp ? bias_act_loop<kActLinear, true, GRAD, S, T>(p) : bias_act_loop<kActLinear, false, GRAD, S, T>(p);
+    }
+}
+
+template <bool GRAD>
+void bias_act_dispatch(const BiasActParams& p) {
+    switch (p.dtype) {
+        case kFloat32: return bias_act_dispatch_act<GRAD, float, float>(p);
+        case kFloat64: return bias_act_dispatch_act<GRAD, double, double>(p);
+        case kBFloat16: return bias_act_dispatch_act<GRAD, c10::BFloat16, float>(p);
+        case kFloat16: return bias_act_dispatch_act<GRAD, c10::Half, float>(p);
+    }
+}
+
+template <typename S, typename T>
+void upfirdn2d_loop(const Upfirdn2dParams& p) {
+    const S* x = static_cast<const S*>(p.x);
+    const T* k = static_cast<const T*>(p.k);
+    S* out = static_cast<S*>(p.out);
+    const int64_t rows = p.planes * p.out_h;
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / (8 * std::max(p.out_w, 1)));
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t plane = r / p.out_h;
+            const int oy = static_cast<int>(r % p.out_h);
+            const S* xp = x + plane * p.in_h * p.in_w;
+            S* yr = out + r * p.out_w;
+            for (int ox = 0; ox < p.out_w; ++ox) yr[ox] = static_cast<S>(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
+        }
+    });
+}
+
+}  // namespace
+
+torch::Tensor bias_act(torch::Tensor x, c10::optional<torch::Tensor> b, c10::optional<torch::Tensor> ref,
+                       int64_t dim, int64_t act, double alpha, double gain, double clamp) {
+    TORCH_CHECK(x.device().is_cpu(), "medsemgan CPU ops: bias_act got a tensor on ", x.device(),
+                "; this extension runs on the CPU only");
+    torch::Tensor out;
+    std::vector<torch::Tensor> keep_alive;
+    BiasActParams p = bias_act_params(x, b, ref, dim, act, alpha, gain, clamp, out, keep_alive);
+    if (out.numel() == 0) return out;
+    p.ref ? bias_act_dispatch<true>(p) : bias_act_dispatch<false>(p);
+    return out;
+}
+
+torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
+                        int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
+    TORCH_CHECK(x.device().is_cpu(), "medsemgan CPU ops: upfirdn2d got a tensor on ", x.device(),
+                "; this extension runs on the CPU only");
+    torch::Tensor out;
+    Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
+    if (out.numel() == 0) return out;
+    switch (p.dtype) {
+        case kFloat32: upfirdn2d_loop<float, float>(p); break;
+        case kFloat64: upfirdn2d_loop<double, double>(p); break;
+        case kBFloat16: upfirdn2d_loop<c10::BFloat16, float>(p); break;
+        case kFloat16: upfirdn2d_loop<c10::Half, float>(p); break;
+    }
+    return out;
+}
+
+}  // namespace medsemgan
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "medsemgan CPU ops: fused bias+activation and upfirdn2d (math shared with the CUDA kernels)";
+    m.def("bias_act", &medsemgan::bias_act, "bias + activation (forward, or gradient when ref=y is given)",
+          py::arg("x"), py::arg("b"), py::arg("ref"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
+          py::arg("gain"), py::arg("clamp"));
+    m.def("upfirdn2d", &medsemgan::upfirdn2d, "upsample, pad, FIR-filter (correlation with k), downsample",
+          py::arg("x"), py::arg("k"), py::arg("up_x"), py::arg("up_y"), py::arg("down_x"), py::arg("down_y"),
+          py::arg("pad_x0"), py::arg("pad_x1"), py::arg("pad_y0"), py::arg("pad_y1"));
+}

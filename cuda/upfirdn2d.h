@@ -1,0 +1,53 @@
+// Per-output-pixel math of upfirdn2d, shared by the CUDA and CPU extensions.
+//
+// Output pixel (oy, ox) of one [H, W] plane: the input is upsampled by zero insertion (up),
+// padded (pad_x0/pad_y0 on the leading side; negative = crop), correlated with the kernel k
+// (the caller passes the filter already flipped when needed and scaled by the gain), and sampled
+// every `down` pixels. Only taps that land on real (non-inserted) samples are visited, so an
+// up=2 4x4 filter costs 4 multiply-adds per output pixel, not 16.
+#pragma once
+
+#include "ops_common.h"
+
+namespace medsemgan {
+
+struct Upfirdn2dParams {
+    const void* x;     // [planes, in_h, in_w], contiguous
+    const void* k;     // [k_h, k_w] correlation kernel in the compute type
+    void* out;         // [planes, out_h, out_w], contiguous
+    long long planes;
+    int in_h, in_w, out_h, out_w;
+    int up_x, up_y, down_x, down_y;
+    int pad_x0, pad_y0;
+    int k_h, k_w;
+    int dtype;         // DType of x and out
+};
+
+// First tap index t >= 0 such that (u0 + t) is a non-negative multiple of `up`.
+MSG_HD int upfirdn2d_first_tap(int u0, int up) {
+    int t = u0 < 0 ? -u0 : 0;
+    int r = (u0 + t) % up;
+    return r == 0 ? t : t + (up - r);
+}
+
+// ACC: accumulation/compute type; S: storage type of x (converted to ACC on load).
+template <typename ACC, typename S>
+MSG_HD ACC upfirdn2d_pixel(const S* plane, const ACC* k, const Upfirdn2dParams& p, int oy, int ox) {
+    const int uy0 = oy * p.down_y - p.pad_y0;  // upsampled-signal coordinate under tap 0
+    const int ux0 = ox * p.down_x - p.pad_x0;
+    const int ty0 = upfirdn2d_first_tap(uy0, p.up_y);
+    const int tx0 = upfirdn2d_first_tap(ux0, p.up_x);
+    ACC acc = ACC(0);
+    int iy = (uy0 + ty0) / p.up_y;
+    for (int ty = ty0; ty < p.k_h && iy < p.in_h; ty += p.up_y, ++iy) {
+        const S* row = plane + (long long)iy * p.in_w;
+        const ACC* krow = k + (long long)ty * p.k_w;
+        int ix = (ux0 + tx0) / p.up_x;
+        for (int tx = tx0; tx < p.k_w && ix < p.in_w; tx += p.up_x, ++ix) {
+            acc += static_cast<ACC>(row[ix]) * krow[tx];
+        }
+    }
+    return acc;
+}
+
+}  // namespace medsemgan
