@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from medsemgan.inference.losses import ms_ssim_loss_per_slice, reconstruction_loss_per_slice
+from medsemgan.inference.tto import TTOOptions, invert, learning_rate
+
+
+def test_optimisation_lowers_the_loss_below_encoder_only(tiny_models, target_slices):
+    G, E = tiny_models
+    encoder_only = invert(G, E, target_slices, TTOOptions(steps=0))
+    optimised = invert(G, E, target_slices, TTOOptions(steps=15, lr=0.1))
+    assert torch.all(encoder_only.steps_run == 0)
+    assert torch.allclose(encoder_only.ws, E(target_slices))
+    assert optimised.loss.sum() < 0.9 * encoder_only.loss.sum()
+    assert optimised.label_logits.shape == (5, 1, 32, 32)
+    assert optimised.recon_mse.shape == (5,)
+
+
+@pytest.mark.parametrize("patience", [0, 3])
+def test_a_slice_gives_the_same_result_alone_and_in_a_batch(tiny_models, target_slices, patience):
+    G, E = tiny_models
+    options = TTOOptions(steps=8, lr=0.05, early_stop_patience=patience, encoder_weight=0.1)
+    batch = invert(G, E, target_slices, options)
+    for i in (0, 3):
+        alone = invert(G, E, target_slices[i:i + 1], options)
+        assert torch.equal(alone.steps_run[0], batch.steps_run[i])
+        assert torch.allclose(alone.ws[0], batch.ws[i], atol=1e-5, rtol=1e-4)
+        assert torch.allclose(alone.label_logits[0], batch.label_logits[i], atol=1e-4, rtol=1e-4)
+        assert torch.equal(alone.label_logits[0] > 0, batch.label_logits[i] > 0)
+
+
+def test_same_input_and_seed_give_an_identical_mask(tiny_models, target_slices):
+    G, E = tiny_models
+    options = TTOOptions(steps=10, lr=0.05, seed=7, noise_mode="random")
+    first = invert(G, E, target_slices, options)
+    torch.rand(3)  # disturb the global RNG: the result must not depend on it
+    second = invert(G, E, target_slices, options)
+    assert torch.equal(first.label_logits, second.label_logits)
+    assert torch.equal(first.ws, second.ws)
+
+
+def test_optimises_inside_no_grad(tiny_models, target_slices):
+    """MONAI evaluators run inferers under torch.no_grad(); inversion must still work."""
+    G, E = tiny_models
+    with torch.no_grad():
+        result = invert(G, E, target_slices, TTOOptions(steps=10, lr=0.05))
+        assert not torch.is_grad_enabled()  # the caller's mode is restored
+    assert result.history[-1] < result.history[0]
+    assert all(p.requires_grad for p in G.parameters())  # flags restored
+
+
+def test_early_stopping_stops_slices_that_stall(tiny_models, target_slices):
+    G, E = tiny_models
+    full = invert(G, E, target_slices, TTOOptions(steps=20, lr=0.05))
+    early = invert(G, E, target_slices, TTOOptions(steps=20, lr=0.05, early_stop_patience=2,
+                                                     early_stop_rel_tol=0.05))
+    assert torch.all(full.steps_run == 20)
+    assert torch.all(early.steps_run < 20)
+    # Returned ws belong to the best loss each slice saw.
+    assert torch.all(early.loss <= invert(G, E, target_slices, TTOOptions(steps=0)).loss + 1e-6)
+
+
+def test_learning_rate_ramps_up_and_down():
+    o = TTOOptions(steps=100, lr=0.1)
+    rates = [learning_rate(t, 100, o) for t in range(100)]
+    assert rates[0] == 0.0
+    assert max(rates) == pytest.approx(0.1)
+    assert rates[-1] < 0.01
+    assert rates[3] < rates[5] <= 0.1
+
+
+def test_reconstruction_loss_is_per_slice_and_zero_for_identical_images():
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    y = x.clone()
+    y[1] = torch.rand(1, 64, 64) * 2 - 1
+    loss = reconstruction_loss_per_slice(x, y)
+    assert loss.shape == (3,)
+    assert loss[0].abs() < 1e-5 and loss[2].abs() < 1e-5 and loss[1] > 0.1
+    with pytest.raises(ValueError, match="too small"):
+        ms_ssim_loss_per_slice(x[..., :16, :16], y[..., :16, :16])
+
+
+def test_options_from_config_ignore_unknown_keys_and_none_overrides():
+    o = TTOOptions.from_config({"steps": 12, "lr": 0.2, "batch_size": 8}, steps=None, seed=3)
+    assert (o.steps, o.lr, o.seed) == (12, 0.2, 3)
+    with pytest.raises(ValueError):
+        TTOOptions.from_config({"steps": -1})
