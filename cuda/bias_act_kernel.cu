@@ -19,12 +19,13 @@ __global__ void bias_act_kernel(BiasActParams p, T alpha, T gain, T clamp) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         T v;
         if (GRAD) {
-            v = bias_act_gradient<ACT, CLAMP, T>(static_cast<T>(x[i]), static_cast<T>(ref[i]), alpha, gain, clamp);
+            v = bias_act_gradient<ACT, CLAMP, T>(Convert<T, S>::load(x[i]), Convert<T, S>::load(ref[i]), alpha, gain,
+                                                 clamp);
         } else {
             const long long c = (i / p.inner) % p.channels;
-            v = bias_act_forward<ACT, CLAMP, T>(static_cast<T>(x[i]) + b[c], alpha, gain, clamp);
+            v = bias_act_forward<ACT, CLAMP, T>(Convert<T, S>::load(x[i]) + b[c], alpha, gain, clamp);
         }
-        out[i] = static_cast<S>(v);
+        out[i] = Convert<T, S>::store(v);
     }
 }
 

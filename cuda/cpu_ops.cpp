@@ -10,49 +10,36 @@
 #include "binding_common.h"
 
 namespace medsemgan {
-namespace {
 
-constexpr int64_t kGrainElements = 16384;  // below this, threading costs more than it saves
-
-// Storage <-> compute conversions. bfloat16 is handled on its bits (round to nearest even, NaN
-// kept quiet) because c10::BFloat16's own conversion does not vectorise in these loops.
-template <typename S>
-struct Storage {
-    using raw = S;
-    template <typename T>
-    static inline T load(raw v) { return static_cast<T>(v); }
-    template <typename T>
-    static inline raw store(T v) { return static_cast<raw>(v); }
-};
-
+// bfloat16 on its bits (round to nearest even, NaN kept quiet): c10::BFloat16's own conversion
+// does not vectorise in these loops.
 template <>
-struct Storage<c10::BFloat16> {
-    using raw = uint16_t;
-    template <typename T>
-    static inline T load(raw v) {
-        const uint32_t u = static_cast<uint32_t>(v) << 16;
+struct Convert<float, c10::BFloat16> {
+    static inline float load(c10::BFloat16 v) {
+        const uint32_t u = static_cast<uint32_t>(v.x) << 16;
         float f;
         std::memcpy(&f, &u, sizeof f);
         return f;
     }
-    template <typename T>
-    static inline raw store(T v) {
-        float f = static_cast<float>(v);
+    static inline c10::BFloat16 store(float f) {
         uint32_t u;
         std::memcpy(&u, &f, sizeof u);
         const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        return static_cast<raw>(f != f ? 0x7fc0u : rounded);
+        return c10::BFloat16(static_cast<uint16_t>(f != f ? 0x7fc0u : rounded), c10::BFloat16::from_bits());
     }
 };
 
+namespace {
+
+constexpr int64_t kGrainElements = 16384;  // below this, threading costs more than it saves
+
 template <int ACT, bool CLAMP, bool GRAD, typename S, typename T>
 void bias_act_loop(const BiasActParams& p) {
-    using St = Storage<S>;
-    using R = typename St::raw;
-    const R* x = static_cast<const R*>(p.x);
-    const R* ref = static_cast<const R*>(p.ref);
+    using Cv = Convert<T, S>;
+    const S* x = static_cast<const S*>(p.x);
+    const S* ref = static_cast<const S*>(p.ref);
     const T* b = static_cast<const T*>(p.b);
-    R* out = static_cast<R*>(p.out);
+    S* out = static_cast<S*>(p.out);
     const T alpha = static_cast<T>(p.alpha), gain = static_cast<T>(p.gain), clamp = static_cast<T>(p.clamp);
     const int64_t C = p.channels, inner = p.inner;
     // Channels innermost (channels-last, or bias along the last dim): a row holds all channels
@@ -64,25 +51,25 @@ void bias_act_loop(const BiasActParams& p) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(len, 1));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-            const R* xr = x + r * len;
-            R* yr = out + r * len;
+            const S* xr = x + r * len;
+            S* yr = out + r * len;
             if (GRAD) {
-                const R* rr = ref + r * len;
+                const S* rr = ref + r * len;
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i)
-                    yr[i] = St::store(bias_act_gradient<ACT, CLAMP, T>(
-                        St::template load<T>(xr[i]), St::template load<T>(rr[i]), alpha, gain, clamp));
+                    yr[i] = Cv::store(bias_act_gradient<ACT, CLAMP, T>(
+                        Cv::load(xr[i]), Cv::load(rr[i]), alpha, gain, clamp));
             } else if (channels_inner) {
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i)
-                    yr[i] = St::store(
-                        bias_act_forward<ACT, CLAMP, T>(St::template load<T>(xr[i]) + b[i], alpha, gain, clamp));
+                    yr[i] = Cv::store(
+                        bias_act_forward<ACT, CLAMP, T>(Cv::load(xr[i]) + b[i], alpha, gain, clamp));
             } else {
                 const T bc = b[r % C];
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i)
-                    yr[i] = St::store(
-                        bias_act_forward<ACT, CLAMP, T>(St::template load<T>(xr[i]) + bc, alpha, gain, clamp));
+                    yr[i] = Cv::store(
+                        bias_act_forward<ACT, CLAMP, T>(Cv::load(xr[i]) + bc, alpha, gain, clamp));
             }
         }
     });
@@ -121,7 +108,7 @@ void upfirdn2d_loop(const Upfirdn2dParams& p) {
             const int oy = static_cast<int>(r % p.out_h);
             const S* xp = x + plane * p.in_h * p.in_w;
             S* yr = out + r * p.out_w;
-            for (int ox = 0; ox < p.out_w; ++ox) yr[ox] = static_cast<S>(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
+            for (int ox = 0; ox < p.out_w; ++ox) yr[ox] = Convert<T, S>::store(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
         }
     });
 }

@@ -30,7 +30,7 @@ MSG_HD int upfirdn2d_first_tap(int u0, int up) {
     return r == 0 ? t : t + (up - r);
 }
 
-// ACC: accumulation/compute type; S: storage type of x (converted to ACC on load).
+// ACC: accumulation/compute type; S: storage type of x (converted with Convert<ACC, S>).
 template <typename ACC, typename S>
 MSG_HD ACC upfirdn2d_pixel(const S* plane, const ACC* k, const Upfirdn2dParams& p, int oy, int ox) {
     const int uy0 = oy * p.down_y - p.pad_y0;  // upsampled-signal coordinate under tap 0
@@ -44,7 +44,7 @@ MSG_HD ACC upfirdn2d_pixel(const S* plane, const ACC* k, const Upfirdn2dParams& 
         const ACC* krow = k + (long long)ty * p.k_w;
         int ix = (ux0 + tx0) / p.up_x;
         for (int tx = tx0; tx < p.k_w && ix < p.in_w; tx += p.up_x, ++ix) {
-            acc += static_cast<ACC>(row[ix]) * krow[tx];
+            acc += Convert<ACC, S>::load(row[ix]) * krow[tx];
         }
     }
     return acc;

@@ -22,7 +22,7 @@ __global__ void upfirdn2d_kernel(Upfirdn2dParams p) {
         const int rem = static_cast<int>(i - plane * per_plane);
         const int oy = rem / p.out_w, ox = rem % p.out_w;
         const S* xp = x + plane * p.in_h * p.in_w;
-        out[i] = static_cast<S>(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
+        out[i] = Convert<T, S>::store(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
     }
 }
 
