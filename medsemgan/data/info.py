@@ -1,0 +1,117 @@
+"""``medsemgan info PATH``: one JSON object describing a volume, or a clear error (exit 2).
+
+Reports format, shape, spacing (mm), orientation (axcodes of the voxel axes, as nibabel names
+them: DICOM 'LPS', CHAOS T2 'LAS', ...), modality (DICOM Modality tag, else the catalogue entry,
+else a guess from the intensities), the DICOM series found in a folder, dtype and intensity range.
+With ``--label`` it also checks that a label volume lies on the image's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medsemgan.data.io import as_volume, load_image, match_label_to_image, read_volume
+from medsemgan.data.readers import list_dicom_series
+from medsemgan.paths import data_root
+
+MAX_LISTED_VALUES = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="NIfTI/NRRD/MHA file, DICOM file, or DICOM series folder")
+    parser.add_argument("--series", metavar="UID", default=None,
+                        help="SeriesInstanceUID to read when the folder holds several series")
+    parser.add_argument("--label", metavar="PATH", default=None,
+                        help="a label volume to check against the image (shape and affine) and summarise")
+    parser.add_argument("--indent", type=int, default=2, help="JSON indentation (0: one line)")
+
+
+def _round(values, digits: int = 4) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+def _guess_modality(array: np.ndarray) -> tuple[str, str]:
+    values = array[:: max(1, array.size // 2_000_000)]  # a subsample is enough for a guess
+    if np.all(np.mod(values, 1) == 0) and values.min() >= 0 and np.unique(values).size <= 64:
+        return "label", "intensities (few non-negative integer values)"
+    if float(array.min()) <= -500:
+        return "CT", "intensities (air below -500: Hounsfield units)"
+    return "MR", "intensities (no Hounsfield air values)"
+
+
+def describe(
+    path: str | os.PathLike, series_uid: str | None = None, label: str | os.PathLike | None = None
+) -> dict:
+    """The JSON-ready description of the volume at ``path`` (raises ``InputError`` if unusable).
+
+    With ``label``, adds ``"label"``: its values, after checking it lies on the image's grid.
+    """
+    path = Path(path)
+    volume = as_volume(read_volume(path, series_uid), path)
+    array = volume[0].numpy()
+    meta = volume.meta
+    info: dict = {
+        "path": str(path),
+        "format": meta.get("format", ""),
+        "shape": [int(n) for n in volume.shape[1:]],
+        "spacing": _round(meta["spacing"]),
+        "orientation": meta["axcodes"],
+        "origin_ras": _round(volume.affine[:3, 3].tolist(), 3),
+        "dtype": meta.get("dtype", str(array.dtype)),
+        "intensity_range": [float(array.min()), float(array.max())],
+    }
+    modality, modality_from = meta.get("modality", ""), "DICOM Modality tag"
+    study = _catalogued(path)
+    if study is not None:
+        info["study"] = study.name
+        info["source"] = study.source
+        info["split"] = study.split
+    if not modality:
+        if study is not None:
+            is_label = path.resolve() in (study.label_path, study.prediction_path)
+            modality = "label" if is_label else study.modality
+            modality_from = "catalogue"
+        else:
+            modality, modality_from = _guess_modality(array)
+    info["modality"] = modality
+    info["modality_from"] = modality_from
+    if path.is_dir():
+        info["series"] = [s.summary() for s in list_dicom_series(path)]
+        info["series_uid"] = meta.get("series_uid", "")
+    else:
+        info["series"] = []
+    if label is not None:
+        info["label"] = describe_label(volume, label)
+    return info
+
+
+def _catalogued(path: Path):
+    from medsemgan.data.catalogue import find_study
+
+    try:
+        return find_study(path, data_root())
+    except Exception:  # noqa: BLE001 - the catalogue only adds context; never fail info for it
+        return None
+
+
+def describe_label(image, label_path: str | os.PathLike) -> dict:
+    label = match_label_to_image(image, load_image(label_path), label_path)
+    values, counts = np.unique(np.rint(label[0].numpy()).astype(np.int64), return_counts=True)
+    listed = {str(v): int(c) for v, c in zip(values[:MAX_LISTED_VALUES], counts[:MAX_LISTED_VALUES])}
+    return {
+        "path": str(label_path),
+        "matches_image": True,
+        "values": listed,
+        "distinct_values": int(values.size),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.path, args.series, args.label)
+    print(json.dumps(info, indent=args.indent or None))
+    return 0

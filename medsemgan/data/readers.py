@@ -1,0 +1,317 @@
+"""Readers for the formats the toolkit accepts, in MONAI's ``ImageReader`` shape.
+
+* ``SimpleITKReader``: DICOM series folders (split by SeriesInstanceUID), single DICOM files,
+  NRRD/MHA. SimpleITK (GDCM) applies RescaleSlope/Intercept, so CT arrives in HU, and it decodes
+  JPEG-2000 transfer syntaxes that plain pydicom cannot.
+* ``read_png_stack``: one PNG per slice (CHAOS ``Ground/``), stacked in the order the caller gives.
+* ``read_zip_dicom_masks``: IRCAD's ``MASKS_DICOM.zip`` members, read in place (nothing unpacked).
+
+Every reader returns arrays in MONAI's layout ``(X, Y, Z)``: X runs along a DICOM row (column
+index), Y down the columns (row index), Z along the slice normal; affines are RAS like nibabel's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from medsemgan.errors import InputError
+
+# DICOM tags that SimpleITK exposes as "gggg|eeee" strings.
+TAG_MODALITY = "0008|0060"
+TAG_SERIES_UID = "0020|000e"
+TAG_SERIES_DESCRIPTION = "0008|103e"
+
+SITK_FILE_SUFFIXES = (".dcm", ".dicom", ".ima", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+# SimpleITK works in LPS; MONAI and nibabel in RAS.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for files with the DICOM preamble magic (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+@dataclass
+class DicomSeries:
+    uid: str
+    files: list[str]
+    modality: str = ""
+    description: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "slices": len(self.files),
+            "modality": self.modality,
+            "description": self.description,
+        }
+
+
+def _header_tags(filename: str, tags: Sequence[str]) -> dict[str, str]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(filename)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return {}
+    return {tag: reader.GetMetaData(tag).strip() for tag in tags if reader.HasMetaDataKey(tag)}
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """Every DICOM series directly inside ``folder``, split by SeriesInstanceUID.
+
+    GDCM sorts each series' files by position along the slice normal, so ``files[0]`` is the first
+    slice of the volume SimpleITK builds.
+    """
+    folder = os.fspath(folder)
+    series_reader = sitk.ImageSeriesReader()
+    # GDCM warns on stderr for folders without DICOM; the caller reports that case itself
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        uids = series_reader.GetGDCMSeriesIDs(folder)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    found = []
+    for uid in uids:
+        files = list(series_reader.GetGDCMSeriesFileNames(folder, uid))
+        if not files:
+            continue
+        tags = _header_tags(files[0], (TAG_MODALITY, TAG_SERIES_DESCRIPTION))
+        found.append(
+            DicomSeries(
+                uid=uid,
+                files=files,
+                modality=tags.get(TAG_MODALITY, ""),
+                description=tags.get(TAG_SERIES_DESCRIPTION, ""),
+            )
+        )
+    return found
+
+
+def select_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomSeries:
+    """The one series to read from ``folder``; an error listing them when the choice is ambiguous."""
+    series = list_dicom_series(folder)
+    if not series:
+        raise InputError(folder, "no DICOM series found in this folder")
+    if series_uid is not None:
+        for candidate in series:
+            if candidate.uid == series_uid:
+                return candidate
+        listing = ", ".join(repr(s.uid) for s in series)
+        raise InputError(folder, f"series {series_uid!r} not found; the folder holds: {listing}")
+    if len(series) > 1:
+        listing = "; ".join(f"{s.uid} ({len(s.files)} files)" for s in series)
+        raise InputError(
+            folder,
+            f"holds {len(series)} DICOM series, choose one with its SeriesInstanceUID "
+            f"(--series UID): {listing}",
+        )
+    return series[0]
+
+
+def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
+    """The 4x4 RAS affine of a 3-D SimpleITK image (index (x, y, z) -> world mm)."""
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:dim, :dim] = direction * spacing[None, :]
+    affine[:dim, 3] = origin
+    return LPS_TO_RAS @ affine
+
+
+@dataclass
+class SitkVolume:
+    """What ``SimpleITKReader.read`` returns: the image plus where it came from."""
+
+    image: sitk.Image
+    source: str
+    format: str
+    series: DicomSeries | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class SimpleITKReader(ImageReader):
+    """DICOM series folders, single DICOM files and NRRD/MHA through SimpleITK.
+
+    A folder is read as one DICOM series: several series in it raise ``InputError`` listing their
+    UIDs unless ``series_uid`` picks one (MONAI's PydicomReader would stack them silently).
+    """
+
+    def __init__(self, series_uid: str | None = None):
+        super().__init__()
+        self.series_uid = series_uid
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        for name in ensure_tuple(filename):
+            path = Path(name)
+            if path.is_dir():
+                continue
+            if path.name.lower().endswith(SITK_FILE_SUFFIXES) or is_dicom_file(path):
+                continue
+            return False
+        return True
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> SitkVolume | list[SitkVolume]:
+        volumes = [self._read_one(os.fspath(name)) for name in ensure_tuple(data)]
+        return volumes if len(volumes) > 1 else volumes[0]
+
+    def _read_one(self, path: str) -> SitkVolume:
+        if os.path.isdir(path):
+            series = select_series(path, self.series_uid)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(series.files)
+            image = _execute(reader.Execute, path)
+            tags = {TAG_MODALITY: series.modality, TAG_SERIES_UID: series.uid}
+            return SitkVolume(image, path, "dicom-series", series=series, tags=tags)
+        image = _execute(lambda: sitk.ReadImage(path), path)
+        is_dicom = is_dicom_file(path)
+        tags = {}
+        if is_dicom:
+            tags = {k: image.GetMetaData(k).strip() for k in (TAG_MODALITY, TAG_SERIES_UID)
+                    if image.HasMetaDataKey(k)}
+        fmt = "dicom" if is_dicom else Path(path).suffix.lower().lstrip(".")
+        return SitkVolume(image, path, fmt, tags=tags)
+
+    def get_data(self, img: SitkVolume | list[SitkVolume]) -> tuple[np.ndarray, dict]:
+        arrays, meta = [], {}
+        for volume in ensure_tuple(img):
+            array, header = sitk_to_monai(volume)
+            arrays.append(array)
+            if not meta:
+                meta = header
+        data = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=0)
+        if len(arrays) > 1:
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
+        return data, meta
+
+
+def sitk_to_monai(volume: SitkVolume) -> tuple[np.ndarray, dict]:
+    """(X, Y, Z[, C]) array and a MONAI meta dict for a SimpleITK image."""
+    image = volume.image
+    array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (Z, Y, X, C)
+    components = image.GetNumberOfComponentsPerPixel()
+    spatial_ndim = image.GetDimension()
+    spatial_axes = tuple(range(spatial_ndim))[::-1]
+    array = np.transpose(array, spatial_axes + ((spatial_ndim,) if components > 1 else ()))
+    if spatial_ndim == 3:
+        affine = sitk_affine_ras(image)
+    else:  # 2-D files have no slice geometry; load_image rejects them, info still describes them
+        affine = np.eye(4)
+        affine[:spatial_ndim, :spatial_ndim] = np.diag(image.GetSpacing())
+    meta = {
+        MetaKeys.AFFINE: affine.copy(),
+        MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:spatial_ndim]),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if components > 1 else float("nan"),
+        "format": volume.format,
+        "modality": volume.tags.get(TAG_MODALITY, ""),
+        "series_uid": volume.tags.get(TAG_SERIES_UID, ""),
+    }
+    return array, meta
+
+
+def _execute(call, path: str) -> sitk.Image:
+    try:
+        return call()
+    except RuntimeError as err:
+        raise InputError(path, f"SimpleITK cannot read it: {_diagnose_dicom(path) or _first_line(err)}")
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # ITK messages start with the source location; the description is the informative part.
+    for line in lines:
+        if line.lower().startswith("description:"):
+            return line.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(err).__name__
+
+
+def _diagnose_dicom(path: str) -> str | None:
+    """A precise reason for the common DICOM failures, e.g. a file without pixel data."""
+    import pydicom
+
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).iterdir() if p.is_file())
+    for name in files:
+        try:
+            dataset = pydicom.dcmread(name, force=True)
+        except Exception:  # noqa: BLE001 - only a diagnosis; the caller already has an error
+            continue
+        if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+            return f"DICOM file {name} has no pixel data (PixelData element missing)"
+    return None
+
+
+def read_png_stack(files: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Stack single-channel PNG slices into an ``(X, Y, Z)`` array, slice ``k`` = ``files[k]``.
+
+    PNG rows/columns are transposed to match the DICOM arrays SimpleITK gives (X = column index).
+    """
+    from PIL import Image
+
+    slices = []
+    for name in files:
+        try:
+            with Image.open(name) as png:
+                array = np.asarray(png)
+        except (OSError, ValueError) as err:
+            raise InputError(name, f"cannot read PNG: {err}") from err
+        if array.ndim == 3:  # grey stored as RGB(A): all channels equal for label PNGs
+            if not np.all(array[..., :1] == array[..., : min(3, array.shape[-1])]):
+                raise InputError(name, f"label PNG is colour (shape {array.shape}), expected one channel")
+            array = array[..., 0]
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        slices.append(array.T)
+    shapes = {s.shape for s in slices}
+    if len(shapes) != 1:
+        raise InputError(os.path.dirname(os.fspath(files[0])), f"PNG slices differ in size: {sorted(shapes)}")
+    return np.stack(slices, axis=-1)
+
+
+def read_zip_dicom_masks(zip_path: str | os.PathLike, member_dir: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Read every DICOM slice under ``member_dir`` of a zip file in place.
+
+    Returns ``(position, row_cosines_and_column_cosines, pixels (X, Y))`` per slice in the order
+    the zip lists them; the caller sorts and matches them to its image series by position.
+    """
+    import pydicom
+
+    zip_path = os.fspath(zip_path)
+    prefix = member_dir.rstrip("/") + "/"
+    found = []
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = [n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/")]
+            for name in names:
+                dataset = pydicom.dcmread(io.BytesIO(archive.read(name)))
+                position = np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
+                cosines = np.asarray(dataset.ImageOrientationPatient, dtype=np.float64)
+                found.append((position, cosines, dataset.pixel_array.T))
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(zip_path, f"cannot read zip archive: {err}") from err
+    if not found:
+        raise InputError(zip_path, f"no DICOM members under {prefix!r}")
+    return found
