@@ -1,0 +1,73 @@
+"""``TTOInferer``: a MONAI ``Inferer`` that segments preprocessed volumes slice by slice.
+
+Input: ``[B, 1, S, S, D]`` in model space (``medsemgan.data.transforms.preprocess``: slices along
+the last axis, intensities in [-1, 1]). Each volume's slices go through the encoder and test-time
+optimisation in batches of ``batch_size``; the output is the generator's label logits
+``[B, L, S, S, D]`` (a ``MetaTensor`` carrying the input's metadata when the input has it, so
+``Invertd`` can take it back to the original geometry). Per-slice diagnostics of the last call
+are in ``last_extras``.
+
+MONAI evaluators call inferers under ``torch.no_grad()``; the optimisation opens
+``torch.enable_grad()`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from tqdm.auto import tqdm
+
+from medsemgan.inference.tto import TTOOptions, invert
+
+
+class TTOInferer(Inferer):
+    def __init__(self, options: TTOOptions | None = None, batch_size: int = 64,
+                 progress: bool = False, **option_overrides: Any) -> None:
+        """``option_overrides`` (e.g. ``steps=0``) replace fields of ``options``, so a bundle
+        config can say ``{"_target_": "...TTOInferer", "steps": 0}``."""
+        super().__init__()
+        base = options or TTOOptions()
+        self.options = TTOOptions.from_config(vars(base) | {k: v for k, v in option_overrides.items()
+                                                          if v is not None})
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.last_extras: dict[str, torch.Tensor] = {}
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any):
+        """``network``: a ``SegmentationModel`` (anything with ``.generator`` and ``.encoder``)."""
+        if inputs.ndim != 5 or inputs.shape[1] != 1:
+            raise ValueError(f"expected volumes [B, 1, S, S, D], got {list(inputs.shape)}")
+        G, E = network.generator, network.encoder
+        device = next(G.parameters()).device
+        volumes = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        outputs, recon, loss, steps = [], [], [], []
+        for b in range(volumes.shape[0]):
+            slices = volumes[b].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)  # [D,1,S,S]
+            logits_b, recon_b, loss_b, steps_b = [], [], [], []
+            chunks = slices.split(self.batch_size)
+            for i, chunk in enumerate(tqdm(chunks, desc="slice batches", leave=False,
+                                           disable=not self.progress or len(chunks) < 2)):
+                result = invert(G, E, chunk, self.options, progress=self.progress,
+                                desc=f"optimising {i * self.batch_size + 1}-"
+                                     f"{i * self.batch_size + chunk.shape[0]}/{slices.shape[0]}")
+                logits_b.append(result.label_logits)
+                recon_b.append(result.recon_mse)
+                loss_b.append(result.loss)
+                steps_b.append(result.steps_run)
+            outputs.append(torch.cat(logits_b).permute(1, 2, 3, 0))  # [L,S,S,D]
+            recon.append(torch.cat(recon_b))
+            loss.append(torch.cat(loss_b))
+            steps.append(torch.cat(steps_b))
+        logits = torch.stack(outputs)
+        self.last_extras = {"recon_mse": torch.stack(recon), "loss": torch.stack(loss),
+                            "steps_run": torch.stack(steps)}
+        if isinstance(inputs, MetaTensor):
+            out = MetaTensor(logits.to(inputs.device))
+            out.copy_meta_from(inputs, copy_attr=True)
+            return out
+        return logits

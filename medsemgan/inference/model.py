@@ -1,0 +1,187 @@
+"""``SegmentationModel``: the generator, the encoder and the configuration they were built from.
+
+Weights are plain state dicts (``torch.load(weights_only=True)``): a bundle holds
+``models/generator.pt`` (the EMA generator) and ``models/encoder.pt``; the configuration comes from
+the bundle's ``configs/model.yaml`` if present, else from a named configuration in
+``medsemgan/configs`` (``cpu128`` by default).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medsemgan.errors import InputError
+from medsemgan.paths import CONFIG_DIR, DEFAULT_BUNDLE_DIR
+
+DEFAULT_CONFIG = "cpu128"
+GENERATOR_FILE = Path("models") / "generator.pt"
+ENCODER_FILE = Path("models") / "encoder.pt"
+BUNDLE_CONFIG_FILE = Path("configs") / "model.yaml"
+
+
+@dataclass
+class ModelConfig:
+    """The sections of a configuration file inference needs."""
+
+    model: dict  # resolved by medsemgan.models.config
+    encoder: dict  # the ``encoder:`` section (architecture; its ``train:`` part is ignored here)
+    inference: dict  # the ``inference:`` section (TTOOptions + segmentation defaults)
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "encoder": self.encoder, "inference": self.inference,
+                "_source": self.source}
+
+
+def config_file(name_or_path: str | os.PathLike) -> Path:
+    text = os.fspath(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text:
+        path = Path(text)
+    else:
+        path = CONFIG_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise InputError(path, f"no such configuration file (shipped names: {', '.join(known) or 'none'})")
+    return path
+
+
+def load_model_sections(name_or_path: str | os.PathLike | dict) -> ModelConfig:
+    """``model`` (checked by the models layer), ``encoder`` and ``inference`` sections."""
+    from medsemgan.models.config import load_model_config, model_config_from_dict
+
+    if isinstance(name_or_path, ModelConfig):
+        return name_or_path
+    if isinstance(name_or_path, dict):
+        raw = copy.deepcopy(name_or_path)
+        model = model_config_from_dict(raw.get("model") or {}, raw.get("_source", "<dict>"))
+        return ModelConfig(model, dict(raw.get("encoder") or {}), dict(raw.get("inference") or {}),
+                           str(raw.get("_source", "<dict>")))
+    import yaml
+
+    path = config_file(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping with sections model:, encoder:, inference:")
+    model = load_model_config(path)
+    for section in ("encoder", "inference"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise InputError(path, f"'{section}:' must be a mapping")
+    return ModelConfig(model, dict(raw.get("encoder") or {}), dict(raw.get("inference") or {}), str(path))
+
+
+def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+    """A plain state dict, loaded without executing code; clear errors for missing/bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no trained {what} weights here (train them with `medsemgan train "
+                               f"{'gan' if what == 'generator' else 'encoder'}`, or pass --bundle "
+                               f"DIR / --{what} FILE)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a torch file, or unsafe pickle
+        raise InputError(path, f"cannot read {what} weights: {' '.join(str(err).split())[:300]}") from None
+    if isinstance(state, dict) and what == "generator" and "G_ema" in state:
+        state = state["G_ema"]  # a GAN training checkpoint: take its EMA generator
+    if isinstance(state, dict) and what == "encoder" and "encoder" in state and isinstance(state["encoder"], dict):
+        state = state["encoder"]  # an encoder training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, f"not a {what} state dict (expected a mapping of tensor names to tensors)")
+    return state
+
+
+def _load_into(module: nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:400]
+        raise InputError(path, f"{what} weights do not match the configuration's architecture: {first}") from None
+
+
+class SegmentationModel(nn.Module):
+    """G + E. ``forward(images)`` is the encoder-only segmentation (label logits) of 2-D slices."""
+
+    def __init__(self, generator: nn.Module, encoder: nn.Module, config: ModelConfig):
+        super().__init__()
+        self.generator = generator.eval().requires_grad_(False)
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.config = config
+
+    @property
+    def resolution(self) -> int:
+        return int(self.config.model["resolution"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _, logits = self.generator.synthesis(self.encoder(images), noise_mode="const")
+        return logits
+
+    @classmethod
+    def build(cls, config: str | os.PathLike | dict | ModelConfig = DEFAULT_CONFIG) -> "SegmentationModel":
+        """Randomly initialised networks for ``config`` (tests, benchmarks before training)."""
+        from medsemgan.models.build import build_generator
+        from medsemgan.models.encoder import build_encoder
+
+        cfg = load_model_sections(config)
+        G = build_generator(cfg.model)
+        E = build_encoder(cfg.encoder, G.resolution, G.num_ws, G.w_dim)
+        E.set_w_avg(G.w_avg)
+        return cls(G, E, cfg)
+
+    @classmethod
+    def from_files(cls, generator_path: str | os.PathLike, encoder_path: str | os.PathLike,
+                   config: str | os.PathLike | dict | ModelConfig = DEFAULT_CONFIG) -> "SegmentationModel":
+        generator_path, encoder_path = Path(generator_path), Path(encoder_path)
+        g_state = load_state_dict_file(generator_path, "generator")
+        e_state = load_state_dict_file(encoder_path, "encoder")
+        model = cls.build(config)
+        _load_into(model.generator, g_state, generator_path, "generator")
+        _load_into(model.encoder, e_state, encoder_path, "encoder")
+        return model
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike | None = None,
+                    config: str | os.PathLike | dict | ModelConfig | None = None) -> "SegmentationModel":
+        bundle = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE_DIR
+        if not bundle.is_dir():
+            raise InputError(bundle, "bundle folder does not exist (pass --bundle DIR)")
+        if config is None:
+            bundled = bundle / BUNDLE_CONFIG_FILE
+            config = bundled if bundled.is_file() else DEFAULT_CONFIG
+        return cls.from_files(bundle / GENERATOR_FILE, bundle / ENCODER_FILE, config)
+
+    def save(self, folder: str | os.PathLike) -> tuple[Path, Path]:
+        """Write both state dicts in the bundle layout under ``folder`` (atomically)."""
+        from medsemgan.io_utils import atomic_path
+
+        folder = Path(folder)
+        paths = (folder / GENERATOR_FILE, folder / ENCODER_FILE)
+        for module, path in zip((self.generator, self.encoder), paths):
+            with atomic_path(path) as tmp:
+                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+        return paths
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> CUDA when available, else CPU; a clear error for an unusable choice."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(None, f"--device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, f"--device {device}: CUDA is not available on this machine")
+    return dev

@@ -1,0 +1,307 @@
+"""Volume segmentation and the ``medsemgan segment`` verb.
+
+``segment_volume(path, model, options)``: load (NIfTI, NRRD, DICOM series) -> ``preprocess`` to
+model space -> ``TTOInferer`` (encoder + test-time optimisation) -> liver probability -> MONAI
+``Invertd`` back to the input's exact shape and affine -> mask (probability > 0.5).
+
+``medsemgan segment -i IN -o OUT``: IN is a volume file, a DICOM series folder, or a folder of
+studies; writes ``OUT/<case>.nii.gz`` (uint8, 1 = liver) per study. A failing study is reported
+(file and problem) and skipped; the exit code is 1 when any study failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from tqdm.auto import tqdm
+
+from medsemgan.errors import InputError
+from medsemgan.inference.inferer import TTOInferer
+from medsemgan.inference.model import SegmentationModel, resolve_device
+from medsemgan.inference.tto import TTOOptions
+from medsemgan.inference.writers import write_json, write_mask, write_probability
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_OOD_MSE = 0.05  # mean reconstruction MSE above which a study is flagged out of domain
+
+
+@dataclass
+class SegmentOptions:
+    """Per-call choices; ``None`` means: take the model configuration's ``inference:`` value."""
+
+    steps: int | None = None
+    encoder_only: bool = False
+    batch_size: int | None = None
+    seed: int | None = None
+    lr: float | None = None
+    early_stop_patience: int | None = None
+    bf16: bool | None = None
+    modality: str | None = None  # 'CT' / 'MR' override
+    save_prob: bool = False
+    threshold: float = 0.5
+    progress: bool = False
+    extra_tto: dict = field(default_factory=dict)  # any other TTOOptions field
+
+    def tto_options(self, inference_cfg: dict) -> TTOOptions:
+        overrides = dict(self.extra_tto, steps=0 if self.encoder_only else self.steps, seed=self.seed,
+                         lr=self.lr, early_stop_patience=self.early_stop_patience, bf16=self.bf16)
+        return TTOOptions.from_config(inference_cfg, **overrides)
+
+    def slice_batch(self, inference_cfg: dict) -> int:
+        return int(self.batch_size or inference_cfg.get("batch_size", DEFAULT_BATCH_SIZE))
+
+
+# --------------------------------------------------------------------------- one volume
+
+
+def guess_modality(image: torch.Tensor) -> str:
+    """Same rule as ``medsemgan info``: Hounsfield air (<= -500) means CT, else MR."""
+    return "CT" if float(image.min()) <= -500 else "MR"
+
+
+def resolve_modality(image: MetaTensor, path: str | os.PathLike | None,
+                     override: str | None) -> tuple[str, str]:
+    """``(modality, where it came from)``: the override, the DICOM tag, the catalogue of known
+    studies, or (for NIfTI/NRRD files, which do not record it) a guess from the intensities."""
+    if override:
+        value = override.upper()
+        value = "MR" if value == "MRI" else value
+        if value not in ("CT", "MR"):
+            raise InputError(None, f"--modality must be CT or MR, got {override!r}")
+        return value, "option"
+    tag = str(image.meta.get("modality", "") or "").upper()
+    if tag in ("CT", "MR"):
+        return tag, "DICOM Modality tag"
+    if tag:
+        raise InputError(path, f"DICOM modality {tag!r} is not supported (CT or MR); "
+                               "override with --modality if the tag is wrong")
+    if path is not None:
+        from medsemgan.data.catalogue import find_study
+        from medsemgan.paths import data_root
+
+        study = find_study(path, data_root())
+        if study is not None:
+            return study.modality, "catalogue"
+    guess = guess_modality(image)
+    log.warning("%s: modality not recorded in the file; guessed %s from the intensities "
+                "(pass --modality CT|MR to override)", path, guess)
+    return guess, "guessed from intensities"
+
+
+def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationModel,
+                   options: SegmentOptions | None = None) -> tuple[MetaTensor, dict[str, Any]]:
+    """Segment one volume; returns ``(mask, extras)``.
+
+    ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
+    ``extras``: ``probability`` (float32 ``MetaTensor`` like ``mask``, when ``save_prob``),
+    ``recon_mse`` / ``steps_run`` per slice (model-space order: inferior to superior),
+    ``mean_recon_mse``, ``out_of_domain``, ``modality``, ``seconds``.
+    """
+    from monai.transforms import Invertd
+
+    from medsemgan.data.io import load_image
+    from medsemgan.data.transforms import preprocess
+
+    options = options or SegmentOptions()
+    started = time.perf_counter()
+    path = None
+    if not isinstance(image, MetaTensor):
+        path = image
+        image = load_image(image)
+    else:
+        path = image.meta.get("source") or image.meta.get("filename_or_obj")
+    modality, modality_from = resolve_modality(image, path, options.modality)
+    cfg = model.config.inference
+    tto = options.tto_options(cfg)
+    transform = preprocess(modality, model.resolution, keys=("image",))
+    data = transform({"image": image})
+    inferer = TTOInferer(tto, batch_size=options.slice_batch(cfg), progress=options.progress)
+    logits = inferer(data["image"].as_tensor()[None], model)
+    prob = torch.sigmoid(logits[0, :1].float()).cpu()
+    data["pred"] = MetaTensor(prob)
+    inverted = Invertd(keys="pred", transform=transform, orig_keys="image",
+                       nearest_interp=False)(data)["pred"]
+    if tuple(inverted.shape[1:]) != tuple(image.shape[1:]):
+        raise RuntimeError(f"inverted prediction has shape {tuple(inverted.shape[1:])}, "
+                           f"input {tuple(image.shape[1:])}")
+    # The inverse transforms recompute the affine in floating point; the input's own is exact.
+    prob_volume = MetaTensor(inverted.as_tensor().float().clamp_(0, 1), affine=image.affine.clone())
+    mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
+                      affine=image.affine.clone())
+    recon = inferer.last_extras["recon_mse"][0].cpu()
+    mean_recon = float(recon.mean())
+    threshold = float(cfg.get("ood_mse_threshold", DEFAULT_OOD_MSE))
+    extras: dict[str, Any] = {
+        "modality": modality,
+        "modality_from": modality_from,
+        "shape": [int(n) for n in image.shape[1:]],
+        "slices": int(recon.numel()),
+        "steps": tto.steps,
+        "steps_run": inferer.last_extras["steps_run"][0].cpu().tolist(),
+        "recon_mse": [round(float(v), 6) for v in recon],
+        "mean_recon_mse": mean_recon,
+        "out_of_domain": mean_recon > threshold,
+        "liver_voxels": int(mask.sum()),
+        "seconds": time.perf_counter() - started,
+    }
+    if extras["out_of_domain"]:
+        log.warning("%s: the generator explains this study poorly (mean reconstruction MSE %.4f > "
+                    "%.4f): treat the mask as out-of-domain", path, mean_recon, threshold)
+    if options.save_prob:
+        extras["probability"] = prob_volume
+    return mask, extras
+
+
+# --------------------------------------------------------------------------- finding studies
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _has_dicom_files(folder: Path) -> bool:
+    from medsemgan.data.readers import is_dicom_file
+
+    return any(p.is_file() and (is_dicom_file(p) or p.suffix.lower() == ".dcm") for p in folder.iterdir())
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_studies(root: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``[(case, path)]``: ``root`` itself when it is a volume file or a DICOM series folder;
+    otherwise every volume file and every folder holding DICOM files below it (case names join
+    the relative folder names with '_')."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "does not exist")
+    if root.is_file():
+        return [(case_name(root), root)]
+    if _has_dicom_files(root):
+        return [(root.name, root)]
+    studies: list[tuple[str, Path]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        if here != root and _has_dicom_files(here):
+            studies.append(("_".join(here.relative_to(root).parts), here))
+            dirs[:] = []  # a DICOM folder is one study; do not look inside it again
+            continue
+        for name in sorted(files):
+            if _is_volume_file(here / name):
+                rel = (here / name).relative_to(root)
+                studies.append(("_".join((*rel.parts[:-1], case_name(rel))), here / name))
+    if not studies:
+        raise InputError(root, "no studies found: expected NIfTI/NRRD files or DICOM series folders")
+    seen: dict[str, int] = {}
+    unique = []
+    for case, path in studies:
+        seen[case] = seen.get(case, 0) + 1
+        unique.append((case if seen[case] == 1 else f"{case}_{seen[case]}", path))
+    return unique
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", required=True,
+                        help="NIfTI/NRRD file, DICOM series folder, or a folder of such studies")
+    parser.add_argument("-o", "--output", required=True, help="output folder: OUT/<case>.nii.gz")
+    parser.add_argument("--bundle", default=None,
+                        help="bundle folder with models/generator.pt and models/encoder.pt "
+                             "(default: bundles/medsemgan_liver)")
+    parser.add_argument("--generator", default=None, help="generator weights (instead of the bundle's)")
+    parser.add_argument("--encoder", default=None, help="encoder weights (instead of the bundle's)")
+    parser.add_argument("--config", default=None,
+                        help="model configuration name or YAML (default: the bundle's, else cpu128)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="test-time optimisation steps K (default: the configuration's)")
+    parser.add_argument("--encoder-only", action="store_true", help="no optimisation (K = 0): fastest")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices optimised together")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (same input + seed -> same mask)")
+    parser.add_argument("--modality", choices=["CT", "MR", "ct", "mr"], default=None,
+                        help="override the modality (NIfTI/NRRD files do not record it)")
+    parser.add_argument("--save-prob", action="store_true",
+                        help="also write OUT/<case>_prob.nii.gz (float32 liver probability)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_model(args: argparse.Namespace) -> SegmentationModel:
+    if args.generator or args.encoder:
+        from medsemgan.inference.model import DEFAULT_CONFIG, ENCODER_FILE, GENERATOR_FILE
+        from medsemgan.paths import DEFAULT_BUNDLE_DIR
+
+        bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE_DIR
+        return SegmentationModel.from_files(args.generator or bundle / GENERATOR_FILE,
+                                            args.encoder or bundle / ENCODER_FILE,
+                                            args.config or DEFAULT_CONFIG)
+    return SegmentationModel.from_bundle(args.bundle, args.config)
+
+
+def run(args: argparse.Namespace) -> int:
+    studies = find_studies(args.input)
+    device = resolve_device(args.device)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.steps is not None and args.steps < 0:
+        raise InputError(None, f"--steps must be >= 0, got {args.steps}")
+    model = load_model(args).to(device)
+    options = SegmentOptions(steps=args.steps, encoder_only=args.encoder_only, batch_size=args.batch_size,
+                             seed=args.seed, modality=args.modality, save_prob=args.save_prob,
+                             progress=not args.no_progress)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output exists and is not a folder")
+    done, failed = [], []
+    bar = tqdm(studies, desc="studies", unit="study", disable=args.no_progress or len(studies) < 2)
+    for case, path in bar:
+        bar.set_postfix_str(case)
+        try:
+            mask, extras = segment_volume(path, model, options)
+            written = write_mask(mask, out_dir / f"{case}.nii.gz")
+            if args.save_prob:
+                write_probability(extras.pop("probability"), out_dir / f"{case}_prob.nii.gz")
+            write_json({"case": case, "input": str(path), **extras}, out_dir / f"{case}.json")
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - report every failing study and go on
+            where = err.path if isinstance(err, InputError) and err.path else str(path)
+            problem = err.problem if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+            log.error("%s: %s (study skipped)", where, problem)
+            log.debug("traceback", exc_info=True)
+            failed.append({"case": case, "input": str(path), "error": f"{where}: {problem}"})
+            continue
+        log.info("%s -> %s (%.1f s, %d slices, %s from %s%s)", path, written, extras["seconds"],
+                 extras["slices"], extras["modality"], extras["modality_from"],
+                 ", OUT OF DOMAIN?" if extras["out_of_domain"] else "")
+        done.append({"case": case, "input": str(path), "output": str(written),
+                     "seconds": round(extras["seconds"], 2), "modality": extras["modality"],
+                     "mean_recon_mse": round(extras["mean_recon_mse"], 5),
+                     "out_of_domain": extras["out_of_domain"]})
+    bar.close()
+    json.dump({"segmented": done, "failed": failed, "device": str(device),
+               "options": {k: v for k, v in asdict(options).items() if k != "extra_tto"}},
+              sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 1 if failed else 0
