@@ -21,7 +21,7 @@ from monai.data.image_reader import NibabelReader
 from monai.transforms import MapTransform, Orientation
 from monai.utils import ImageMetaKey, MetaKeys
 
-from medsemgan.data.readers import SITK_FILE_SUFFIXES, SimpleITKReader, is_dicom_file
+from medsemgan.data.readers import SITK_FILE_SUFFIXES, SimpleITKReader, diagnose_dicom, is_dicom_file
 from medsemgan.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -94,6 +94,9 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> MetaT
             path, "unsupported format: expected NIfTI (.nii/.nii.gz), NRRD, MHA, DICOM file or DICOM folder"
         )
     if fmt == "dicom-series" and series_uid is None and not _has_dicom(path):
+        diagnosis = diagnose_dicom(os.fspath(path))
+        if diagnosis:
+            raise InputError(path, f"no readable DICOM series: {diagnosis}")
         pngs = list(path.glob("*.png"))
         hint = " (PNG slices carry no geometry: read them as labels paired with a DICOM series)" if pngs else ""
         raise InputError(path, f"no DICOM series found in this folder{hint}")
@@ -133,15 +136,11 @@ def as_volume(image: MetaTensor, path: str | os.PathLike) -> MetaTensor:
     """Validate a raw read as one finite 3-D volume and return it as ``[1, X, Y, Z]``."""
     array = image
     shape = tuple(array.shape)
+    # trailing singleton axes (e.g. NIfTI (X, Y, Z, 1)) carry nothing: drop them
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
     if array.ndim > 3:
-        # trailing singleton axes (e.g. NIfTI (X, Y, Z, 1)) carry nothing: drop them
-        keep = 3 + next((i for i, n in enumerate(shape[3:]) if n != 1), len(shape) - 3)
-        if keep < len(shape) and all(n == 1 for n in shape[keep:]):
-            array = array.reshape(shape[:keep])
-        if array.ndim > 3:
-            raise InputError(
-                path, f"is {len(shape)}-D (shape {shape}); only single 3-D volumes are supported"
-            )
+        raise InputError(path, f"is {len(shape)}-D (shape {shape}); only single 3-D volumes are supported")
     if array.ndim < 3:
         raise InputError(path, f"is {array.ndim}-D (shape {shape}); a 3-D volume is required")
     if min(array.shape) < 1:

@@ -235,7 +235,7 @@ def _execute(call, path: str) -> sitk.Image:
     try:
         return call()
     except RuntimeError as err:
-        raise InputError(path, f"SimpleITK cannot read it: {_diagnose_dicom(path) or _first_line(err)}")
+        raise InputError(path, f"SimpleITK cannot read it: {diagnose_dicom(path) or _first_line(err)}")
 
 
 def _first_line(err: Exception) -> str:
@@ -247,13 +247,13 @@ def _first_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def _diagnose_dicom(path: str) -> str | None:
+def diagnose_dicom(path: str) -> str | None:
     """A precise reason for the common DICOM failures, e.g. a file without pixel data."""
     import pydicom
 
     files = [path]
     if os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).iterdir() if p.is_file())
+        files = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and is_dicom_file(p))
     for name in files:
         try:
             dataset = pydicom.dcmread(name, force=True)

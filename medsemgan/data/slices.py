@@ -33,7 +33,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from medsemgan.data.catalogue import LABELED_ORDER, Study, get_study, labeled_studies, training_studies
+from medsemgan.data.catalogue import LABELED_ORDER, Study, get_study, training_studies
 from medsemgan.data.transforms import BODY_THRESHOLD, preprocess
 from medsemgan.io_utils import atomic_path
 
@@ -224,46 +224,59 @@ class TrainingSet:
         }
 
 
-def build_training_set(
-    root: str | os.PathLike, resolution: int, labeled_budget: LabeledBudget | int | str | None = "all"
-) -> TrainingSet:
-    """The protocol's CT training set (no caching): see ``training_tensors``."""
-    budget = LabeledBudget.parse(labeled_budget)
-    pool = training_studies(root)
-    if not pool:
-        raise ValueError(f"no CT training studies found under {root}")
-    if budget.kind == "volumes":
-        labeled_names = [s.name for s in labeled_studies(root, budget.count)]
-    else:
-        labeled_names = [s.name for s in labeled_studies(root, 1)]
-    unlabeled, unlabeled_origin = [], []
-    labeled_image, labeled_mask, labeled_origin = [], [], []
-    for study in pool:
+@dataclass
+class SliceVolume:
+    """One preprocessed training study as slice batches: images ``[Z, 1, S, S]``, masks or None."""
+
+    name: str
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    body: list[int]  # slice indices with enough body to train on
+
+
+def preprocess_pool(studies: Sequence[Study], resolution: int) -> list[SliceVolume]:
+    """Load and preprocess each study once; keep its slices and which of them show body."""
+    pool = []
+    for study in studies:
         loaded = study.load()
         item = {"image": loaded["image"]}
         if loaded["label"] is not None:
             item["label"] = loaded["label"]
         volume = preprocess(study.modality, resolution)(item)
         images = volume_to_slices(volume["image"])
-        keep = torch.nonzero(body_fraction(images) >= MIN_BODY_FRACTION).flatten().tolist()
-        unlabeled.append(images[keep])
-        unlabeled_origin += [(study.name, k) for k in keep]
-        if study.name not in labeled_names or "label" not in volume:
-            continue
-        masks = (volume_to_slices(volume["label"]) > 0.5).float()
+        masks = (volume_to_slices(volume["label"]) > 0.5).float() if "label" in volume else None
+        body = torch.nonzero(body_fraction(images) >= MIN_BODY_FRACTION).flatten().tolist()
+        pool.append(SliceVolume(study.name, images, masks, body))
+    return pool
+
+
+def assemble_training_set(
+    pool: Sequence[SliceVolume], budget: LabeledBudget | int | str | None, labeled_order: Sequence[str] = LABELED_ORDER
+) -> TrainingSet:
+    """Unlabeled = every body slice of the pool; labeled = what ``budget`` allows, in protocol order."""
+    budget = LabeledBudget.parse(budget)
+    available = [name for name in labeled_order if any(v.name == name and v.masks is not None for v in pool)]
+    labeled_names = available[: budget.count if budget.kind == "volumes" else 1]
+    if not labeled_names:
+        raise ValueError(f"no labeled volume among {list(labeled_order)} in the training pool")
+    unlabeled, unlabeled_origin = [], []
+    labeled_image, labeled_mask, labeled_origin = [], [], []
+    for volume in pool:
+        unlabeled.append(volume.images[volume.body])
+        unlabeled_origin += [(volume.name, k) for k in volume.body]
+    for name in labeled_names:
+        volume = next(v for v in pool if v.name == name)
         if budget.kind == "slices":
-            with_liver = [k for k in keep if masks[k].any()]
+            with_liver = [k for k in volume.body if volume.masks[k].any()]
             chosen = spread_indices(with_liver, budget.count)
             if len(chosen) < budget.count:
                 log.warning("labeled budget %d > %d liver slices in %s: using all of them",
-                            budget.count, len(chosen), study.name)
+                            budget.count, len(chosen), name)
         else:
-            chosen = keep
-        labeled_image.append(images[chosen])
-        labeled_mask.append(masks[chosen])
-        labeled_origin += [(study.name, k) for k in chosen]
-    if not labeled_origin:
-        raise ValueError(f"no labeled slices: none of {labeled_names} found under {root}")
+            chosen = volume.body
+        labeled_image.append(volume.images[chosen])
+        labeled_mask.append(volume.masks[chosen])
+        labeled_origin += [(name, k) for k in chosen]
     return TrainingSet(
         unlabeled=torch.cat(unlabeled),
         labeled_image=torch.cat(labeled_image),
@@ -271,6 +284,16 @@ def build_training_set(
         unlabeled_origin=unlabeled_origin,
         labeled_origin=labeled_origin,
     )
+
+
+def build_training_set(
+    root: str | os.PathLike, resolution: int, labeled_budget: LabeledBudget | int | str | None = "all"
+) -> TrainingSet:
+    """The protocol's CT training set without caching: see ``training_tensors``."""
+    studies = training_studies(root)
+    if not studies:
+        raise ValueError(f"no CT training studies found under {root}")
+    return assemble_training_set(preprocess_pool(studies, resolution), labeled_budget)
 
 
 def _cache_key(root: Path, resolution: int, budget: LabeledBudget) -> str:
