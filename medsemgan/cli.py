@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
     "info": ("medsemgan.data.info", "describe a CT/MRI volume as JSON: format, shape, spacing, orientation, modality, series"),
     "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
+    "segment": ("medsemgan.inference.segment", "segment the liver: NIfTI/NRRD/DICOM study in, NIfTI mask out"),
+    "train": ("medsemgan.training.cli", "train models: gan (encoder, unet as they land)"),
 }
 
 

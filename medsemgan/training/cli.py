@@ -1,0 +1,37 @@
+"""``medsemgan train WHAT``: the training verbs.
+
+``gan`` is the semi-supervised joint GAN (this module). Other trainers (``encoder``, ``unet``)
+register in ``TRAINERS`` below: a module with ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# what -> (module, help). The GAN's subcommand lives here; others add a line.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "gan": ("medsemgan.training.cli_gan", "train the joint image-label StyleGAN2 (semi-supervised)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="trainer", metavar="WHAT")
+    sub.required = True
+    for name, (module_name, help_text) in TRAINERS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).add_arguments(p)
+        p.set_defaults(_train_module=module_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(importlib.import_module(args._train_module).run(args) or 0)
+
+
+def print_summary(summary: dict) -> None:
+    """One JSON object on stdout (progress and logs go to stderr)."""
+    printable = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool, dict, type(None)))}
+    json.dump(printable, sys.stdout, indent=2)
+    sys.stdout.write("\n")
