@@ -10,9 +10,10 @@ Paths computing the same function:
   ``upfirdn2d(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1)``, where ``k`` is
   the 2-D correlation kernel (flip and gain applied). Backends: the compiled extensions (math of
   ``cuda/upfirdn2d.h``; CUDA for CUDA tensors, and the CPU extension) and
-  :class:`ConvBackend`, the same op as one single-channel strided (transposed) convolution over
-  ``N*C`` planes, which is what the CPU runs fastest (see docs/ops.md). The Function's backward
-  is the same op with up/down swapped and the kernel flipped, so it is differentiable again.
+  :class:`ConvBackend`, the same op as one depthwise strided (transposed) convolution (pure
+  PyTorch; measured against the compiled loop by ``medsemgan bench ops``, see docs/ops.md). The
+  Function's backward is the same op with up/down swapped and the kernel flipped, so it is
+  differentiable again (second derivatives for R1 / path length).
 """
 
 from __future__ import annotations
@@ -181,8 +182,9 @@ class _Upfirdn2dFunction(torch.autograd.Function):
         return dx, None, None, None
 
 
-# Which backend serves CPU tensors when impl=None; chosen by `medsemgan bench ops` (docs/ops.md).
-CPU_DEFAULT_BACKEND = "conv"
+# Which backend serves CPU tensors when impl=None, chosen by `medsemgan bench ops` (docs/ops.md):
+# the compiled per-pixel loop beat the depthwise (transposed) convolutions on every measured case.
+CPU_DEFAULT_BACKEND = "fused"
 
 
 def _backend(x: torch.Tensor, f: torch.Tensor, impl: str | None):
