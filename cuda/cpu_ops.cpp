@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "binding_common.h"
 
@@ -95,20 +96,31 @@ void bias_act_dispatch(const BiasActParams& p) {
     }
 }
 
+// Row order (upfirdn2d_row, vectorised) when the layout allows it, else one pixel at a time
+// (upfirdn2d_pixel, the CUDA kernel's math); `pixelwise` forces the latter so tests can check it.
 template <typename S, typename T>
-void upfirdn2d_loop(const Upfirdn2dParams& p) {
+void upfirdn2d_loop(const Upfirdn2dParams& p, bool pixelwise) {
     const S* x = static_cast<const S*>(p.x);
     const T* k = static_cast<const T*>(p.k);
     S* out = static_cast<S*>(p.out);
+    const bool by_rows = !pixelwise && upfirdn2d_row_supported(p);
     const int64_t rows = p.planes * p.out_h;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / (8 * std::max(p.out_w, 1)));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+        std::vector<T> acc(by_rows ? p.out_w : 0);
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t plane = r / p.out_h;
             const int oy = static_cast<int>(r % p.out_h);
             const S* xp = x + plane * p.in_h * p.in_w;
             S* yr = out + r * p.out_w;
-            for (int ox = 0; ox < p.out_w; ++ox) yr[ox] = Convert<T, S>::store(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
+            if (by_rows) {
+                upfirdn2d_row<T, S>(xp, k, p, oy, acc.data());
+#pragma omp simd
+                for (int ox = 0; ox < p.out_w; ++ox) yr[ox] = Convert<T, S>::store(acc[ox]);
+            } else {
+                for (int ox = 0; ox < p.out_w; ++ox)
+                    yr[ox] = Convert<T, S>::store(upfirdn2d_pixel<T, S>(xp, k, p, oy, ox));
+            }
         }
     });
 }
@@ -127,20 +139,31 @@ torch::Tensor bias_act(torch::Tensor x, c10::optional<torch::Tensor> b, c10::opt
     return out;
 }
 
-torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
-                        int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
+torch::Tensor upfirdn2d_impl(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x,
+                             int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1,
+                             bool pixelwise) {
     TORCH_CHECK(x.device().is_cpu(), "medsemgan CPU ops: upfirdn2d got a tensor on ", x.device(),
                 "; this extension runs on the CPU only");
     torch::Tensor out;
     Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
     if (out.numel() == 0) return out;
     switch (p.dtype) {
-        case kFloat32: upfirdn2d_loop<float, float>(p); break;
-        case kFloat64: upfirdn2d_loop<double, double>(p); break;
-        case kBFloat16: upfirdn2d_loop<c10::BFloat16, float>(p); break;
-        case kFloat16: upfirdn2d_loop<c10::Half, float>(p); break;
+        case kFloat32: upfirdn2d_loop<float, float>(p, pixelwise); break;
+        case kFloat64: upfirdn2d_loop<double, double>(p, pixelwise); break;
+        case kBFloat16: upfirdn2d_loop<c10::BFloat16, float>(p, pixelwise); break;
+        case kFloat16: upfirdn2d_loop<c10::Half, float>(p, pixelwise); break;
     }
     return out;
+}
+
+torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
+                        int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
+    return upfirdn2d_impl(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, false);
+}
+
+torch::Tensor upfirdn2d_pixelwise(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x,
+                                  int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
+    return upfirdn2d_impl(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, true);
 }
 
 }  // namespace medsemgan
@@ -153,4 +176,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("upfirdn2d", &medsemgan::upfirdn2d, "upsample, pad, FIR-filter (correlation with k), downsample",
           py::arg("x"), py::arg("k"), py::arg("up_x"), py::arg("up_y"), py::arg("down_x"), py::arg("down_y"),
           py::arg("pad_x0"), py::arg("pad_x1"), py::arg("pad_y0"), py::arg("pad_y1"));
+    m.def("upfirdn2d_pixelwise", &medsemgan::upfirdn2d_pixelwise,
+          "upfirdn2d one output pixel at a time (the CUDA kernel's per-pixel math; for tests)", py::arg("x"),
+          py::arg("k"), py::arg("up_x"), py::arg("up_y"), py::arg("down_x"), py::arg("down_y"), py::arg("pad_x0"),
+          py::arg("pad_x1"), py::arg("pad_y0"), py::arg("pad_y1"));
 }

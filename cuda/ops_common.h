@@ -4,8 +4,11 @@
 
 #if defined(__CUDACC__)
 #define MSG_HD __host__ __device__ __forceinline__
+#define MSG_SIMD
 #else
 #define MSG_HD inline
+// Vectorisation hint for the host compiler's loops (needs -fopenmp-simd, no OpenMP runtime).
+#define MSG_SIMD _Pragma("omp simd")
 #endif
 
 #if defined(__CUDACC__)

@@ -50,4 +50,56 @@ MSG_HD ACC upfirdn2d_pixel(const S* plane, const ACC* k, const Upfirdn2dParams& 
     return acc;
 }
 
+// The same sum for a whole output row, taps outer and pixels inner, so the inner loop is a
+// strided multiply-add a compiler vectorises (the CPU extension's loop order; one thread per
+// pixel with upfirdn2d_pixel suits the GPU). Needs up_x == 1 or down_x == 1 (the other case has
+// no single stride per tap). acc holds out_w values and is overwritten.
+MSG_HD bool upfirdn2d_row_supported(const Upfirdn2dParams& p) { return p.up_x == 1 || p.down_x == 1; }
+
+template <typename ACC, typename S>
+MSG_HD void upfirdn2d_row(const S* plane, const ACC* k, const Upfirdn2dParams& p, int oy, ACC* acc) {
+    for (int ox = 0; ox < p.out_w; ++ox) acc[ox] = ACC(0);
+    const int uy0 = oy * p.down_y - p.pad_y0;
+    const int ty0 = upfirdn2d_first_tap(uy0, p.up_y);
+    int iy = (uy0 + ty0) / p.up_y;
+    for (int ty = ty0; ty < p.k_h && iy < p.in_h; ty += p.up_y, ++iy) {
+        const S* row = plane + (long long)iy * p.in_w;
+        const ACC* krow = k + (long long)ty * p.k_w;
+        for (int tx = 0; tx < p.k_w; ++tx) {
+            // Output columns where tap tx lands on a real sample: ox0, ox0 + ostep, ...
+            int ox0, ix0, ostep, istep;
+            if (p.up_x == 1) {
+                const int need = p.pad_x0 - tx;  // ix = ox * down_x - need >= 0
+                ox0 = need > 0 ? (need + p.down_x - 1) / p.down_x : 0;
+                ix0 = ox0 * p.down_x - need;
+                ostep = 1;
+                istep = p.down_x;
+            } else {  // down_x == 1
+                const int u0 = tx - p.pad_x0;
+                ox0 = upfirdn2d_first_tap(u0, p.up_x);
+                ix0 = (u0 + ox0) / p.up_x;
+                ostep = p.up_x;
+                istep = 1;
+            }
+            if (ox0 >= p.out_w || ix0 >= p.in_w) continue;
+            const int by_out = (p.out_w - 1 - ox0) / ostep + 1;
+            const int by_in = (p.in_w - 1 - ix0) / istep + 1;
+            const int count = by_out < by_in ? by_out : by_in;
+            const ACC kv = krow[tx];
+            ACC* a = acc + ox0;
+            const S* in = row + ix0;
+            if (ostep == 1 && istep == 1) {
+                MSG_SIMD
+                for (int m = 0; m < count; ++m) a[m] += kv * Convert<ACC, S>::load(in[m]);
+            } else if (ostep == 1) {
+                MSG_SIMD
+                for (int m = 0; m < count; ++m) a[m] += kv * Convert<ACC, S>::load(in[m * istep]);
+            } else {
+                MSG_SIMD
+                for (int m = 0; m < count; ++m) a[m * ostep] += kv * Convert<ACC, S>::load(in[m]);
+            }
+        }
+    }
+}
+
 }  // namespace medsemgan

@@ -54,11 +54,28 @@ def test_matches_reference_float64(cpu_ext, gen, impl, shape, fspec, up, down, p
     assert rel_err(xf.grad, xr.grad) <= 1e-6, f"seed {gen.initial_seed()}"
 
 
+@pytest.mark.parametrize("shape,fspec,up,down,padding,flip,gain", CONFIGS)
+def test_cuda_kernel_pixel_math_matches_reference_float64(cpu_ext, gen, shape, fspec, up, down, padding, flip, gain):
+    """upfirdn2d_pixel (the CUDA kernel's per-pixel math) run on the CPU, for every configuration;
+    the default CPU loop uses the row order (upfirdn2d_row) where it can."""
+    from medsemgan.ops.upfirdn2d import _padding4, _pair, correlation_kernel
+
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    f = _filter(fspec, gen)
+    k = correlation_kernel(f, flip, gain, x.dtype)
+    (upx, upy), (downx, downy) = _pair(up), _pair(down)
+    out = cpu_ext.upfirdn2d_pixelwise(x, k, upx, upy, downx, downy, *_padding4(padding))
+    ref = upfirdn2d_reference(x, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    assert rel_err(out, ref) <= 1e-6, f"seed {gen.initial_seed()}"
+
+
 def test_fused_runs_the_extension_forward_and_backward(cpu_ext, monkeypatch):
     calls = []
     real = cpu_ext.upfirdn2d
 
     class Spy:
+        upfirdn2d_pixelwise = real
+
         def upfirdn2d(self, x, k, *config):
             calls.append(config[:4])
             return real(x, k, *config)
