@@ -43,6 +43,16 @@ class TinyGenerator(nn.Module):
         return self.synthesis(self.mapping(z), noise_mode=noise_mode)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and far faster when other jobs
+    share the machine's two cores (OpenMP threads then spin waiting for each other)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_models():
     torch.manual_seed(0)
