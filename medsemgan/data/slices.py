@@ -19,8 +19,9 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from monai.transforms import (
     RandSpatialCropSamplesd,
     SqueezeDimd,
 )
+from monai.transforms.utils import reset_ops_id
 
 from medsemgan.data.catalogue import LABELED_ORDER, Study, get_study, training_studies
 from medsemgan.data.transforms import BODY_THRESHOLD, preprocess
@@ -63,9 +65,40 @@ class PreprocessStudyd(MapTransform):
         if loaded["label"] is not None:
             item["label"] = loaded["label"]
         item = preprocess(study.modality, int(d["resolution"]))(item)
-        d.update(item)
+        # the record must invert through any Compose built by preprocess(), not just this one
+        reset_ops_id(item)
+        for key, value in item.items():
+            d[key] = safe_for_weights_only(value)
         d["modality"] = study.modality
         return d
+
+
+def _plain(value):
+    """numpy values -> tensors / Python scalars, enums -> their value (recursively)."""
+    if isinstance(value, np.ndarray):
+        return torch.as_tensor(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def safe_for_weights_only(tensor: MetaTensor) -> MetaTensor:
+    """A MetaTensor whose meta and transform record ``torch.load(weights_only=True)`` accepts.
+
+    MONAI's ``PersistentDataset`` saves meta as is; numpy arrays and enums in it make the
+    cache unreadable under ``weights_only`` (MONAI then silently recomputes every time).
+    """
+    if not isinstance(tensor, MetaTensor):
+        return tensor
+    out = MetaTensor(tensor.as_tensor(), meta=_plain(dict(tensor.meta)),
+                     applied_operations=_plain(list(tensor.applied_operations)))
+    return out
 
 
 def volume_dataset(
@@ -85,6 +118,7 @@ def volume_dataset(
         cache_dir=Path(cache_dir) / "volumes",
         hash_transform=json_hashing,
         track_meta=True,
+        reset_ops_id=False,  # done in PreprocessStudyd, before the record is made loadable
     )
 
 
@@ -234,11 +268,14 @@ class SliceVolume:
     body: list[int]  # slice indices with enough body to train on
 
 
-def preprocess_pool(studies: Sequence[Study], resolution: int) -> list[SliceVolume]:
-    """Load and preprocess each study once; keep its slices and which of them show body."""
+def preprocess_pool(
+    studies: Sequence[Study], resolution: int, load: Callable[[Study], dict] | None = None
+) -> list[SliceVolume]:
+    """Load (``load(study)``, default ``Study.load``) and preprocess each study once; keep its
+    slices and which of them show body."""
     pool = []
     for study in studies:
-        loaded = study.load()
+        loaded = study.load() if load is None else load(study)
         item = {"image": loaded["image"]}
         if loaded["label"] is not None:
             item["label"] = loaded["label"]

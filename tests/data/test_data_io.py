@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import write_ct_series, write_ct_slice, write_nifti
+from data_fixtures import write_ct_series, write_ct_slice, write_nifti
 from monai.transforms import LoadImaged
 
 from medsemgan import cli
