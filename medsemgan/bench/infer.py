@@ -1,0 +1,140 @@
+"""``medsemgan bench infer``: seconds per volume (encoder only, default K), batched vs one slice
+at a time, peak memory -- one JSON object.
+
+Volumes: one CHAOS T2 MRI (default ``mr/chaos_t2/image_2.nii.gz``, 31 slices) and one CT
+(default ``ct/chaos_ct_1/DICOM_anon``, 78 slices) from the shared data. Times are end to end
+(load, preprocessing, encoder + optimisation, inversion to the input grid; writing excluded).
+The model is the shipped bundle's when its weights exist, else a randomly initialised model of
+the configuration (the JSON says which): speed does not depend on the weights, except through
+early stopping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from medsemgan.errors import InputError
+
+DEFAULT_MR = Path("mr") / "chaos_t2" / "image_2.nii.gz"
+DEFAULT_CT = Path("ct") / "chaos_ct_1" / "DICOM_anon"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", default=None, help="bundle with trained weights (default: bundles/medsemgan_liver)")
+    parser.add_argument("--config", default=None, help="configuration when no trained weights exist (default: cpu128)")
+    parser.add_argument("--steps", type=int, default=None, help="K for the optimised runs (default: the configuration's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: the configuration's)")
+    parser.add_argument("--mr", default=None, help=f"MRI volume (default: DATA/{DEFAULT_MR})")
+    parser.add_argument("--ct", default=None, help=f"CT volume (default: DATA/{DEFAULT_CT})")
+    parser.add_argument("--speedup-slices", type=int, default=8,
+                        help="slices of the MRI volume for the batched vs one-at-a-time comparison")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument("--skip-ct", action="store_true", help="measure the MRI volume only")
+
+
+def _model(args):
+    from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel
+    from medsemgan.paths import DEFAULT_BUNDLE_DIR
+
+    bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE_DIR
+    try:
+        return SegmentationModel.from_bundle(bundle, args.config), f"trained weights from {bundle}"
+    except InputError as err:
+        if args.bundle:  # asked for this bundle explicitly: its problem is the answer
+            raise
+        name = args.config or DEFAULT_CONFIG
+        torch.manual_seed(0)
+        return SegmentationModel.build(name), f"randomly initialised {name} (no trained weights: {err.problem})"
+
+
+def _volume_seconds(path: Path, model, steps: int, batch_size: int | None) -> dict:
+    from medsemgan.inference.segment import SegmentOptions, segment_volume
+
+    mask, extras = segment_volume(path, model, SegmentOptions(steps=steps, batch_size=batch_size))
+    return {"seconds": round(extras["seconds"], 2), "slices": extras["slices"],
+            "steps_run_mean": round(sum(extras["steps_run"]) / max(1, len(extras["steps_run"])), 1),
+            "modality": extras["modality"]}
+
+
+def _batched_vs_serial(path: Path, model, options, count: int) -> dict:
+    """The same ``count`` slices (the middle of the volume) optimised in one batch, then one at a
+    time, with identical options."""
+    from medsemgan.data.io import load_image
+    from medsemgan.data.transforms import preprocess
+    from medsemgan.inference.segment import resolve_modality
+    from medsemgan.inference.tto import invert
+
+    image = load_image(path)
+    modality, _ = resolve_modality(image, path, None)
+    volume = preprocess(modality, model.resolution, keys=("image",))({"image": image})["image"]
+    depth = volume.shape[-1]
+    start = max(0, depth // 2 - count // 2)
+    slices = volume.as_tensor()[..., start:start + count].permute(3, 0, 1, 2).contiguous().to(model.device)
+    G, E = model.generator, model.encoder
+    invert(G, E, slices[:1], options)  # warm-up (allocator, oneDNN primitives)
+    t0 = time.perf_counter()
+    batched = invert(G, E, slices, options)
+    t1 = time.perf_counter()
+    serial = [invert(G, E, s[None], options) for s in slices]
+    t2 = time.perf_counter()
+    same = all(torch.equal(b > 0, s.label_logits[0] > 0) for b, s in zip(batched.label_logits, serial))
+    return {"slices": int(slices.shape[0]), "steps": options.steps,
+            "batched_seconds": round(t1 - t0, 2), "serial_seconds": round(t2 - t1, 2),
+            "speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 2), "masks_identical": bool(same)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from medsemgan.inference.model import resolve_device
+    from medsemgan.inference.tto import TTOOptions
+    from medsemgan.paths import data_root
+
+    torch.set_num_threads(max(1, args.threads))
+    root = data_root()
+    mr = Path(args.mr) if args.mr else (root / DEFAULT_MR if root else None)
+    ct = Path(args.ct) if args.ct else (root / DEFAULT_CT if root else None)
+    if mr is None or not mr.exists():
+        raise InputError(mr, "MRI volume not found (set MEDSEMGAN_DATA or pass --mr)")
+    if not args.skip_ct and (ct is None or not ct.exists()):
+        raise InputError(ct, "CT volume not found (set MEDSEMGAN_DATA or pass --ct)")
+    model, which = _model(args)
+    model = model.to(resolve_device(args.device))
+    options = TTOOptions.from_config(model.config.inference, steps=args.steps)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result: dict = {
+        "model": which,
+        "config": model.config.source,
+        "steps": options.steps,
+        "tto": {k: v for k, v in vars(options).items() if k != "seed"},
+        "batch_size": args.batch_size or model.config.inference.get("batch_size"),
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
+        "torch": torch.__version__,
+    }
+    for key, path in (("mr", mr), ("ct", None if args.skip_ct else ct)):
+        if path is None:
+            continue
+        encoder_only = _volume_seconds(path, model, 0, args.batch_size)
+        optimised = _volume_seconds(path, model, options.steps, args.batch_size)
+        result[f"{key}_volume"] = str(path)
+        result[f"{key}_slices"] = optimised["slices"]
+        result[f"{key}_seconds_encoder_only"] = encoder_only["seconds"]
+        result[f"{key}_seconds_optimized"] = optimised["seconds"]
+        result[f"{key}_steps_run_mean"] = optimised["steps_run_mean"]
+    comparison = _batched_vs_serial(mr, model, options, args.speedup_slices)
+    result["speedup"] = comparison.pop("speedup")
+    result["batched_vs_serial"] = comparison
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory over the whole run.
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    return result
