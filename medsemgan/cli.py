@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
     "segment": ("medsemgan.inference.segment", "segment the liver: NIfTI/NRRD/DICOM study in, NIfTI mask out"),
     "train": ("medsemgan.training.cli", "train models: gan (encoder, unet as they land)"),
+    "report": ("medsemgan.evaluation.report", "CT -> MRI cross-modality report: methods x label budgets, Dice table, figures"),
 }
 
 

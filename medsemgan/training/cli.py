@@ -14,6 +14,8 @@ import sys
 # what -> (module, help). The GAN's subcommand lives here; others add a line.
 TRAINERS: dict[str, tuple[str, str]] = {
     "gan": ("medsemgan.training.cli_gan", "train the joint image-label StyleGAN2 (semi-supervised)"),
+    "encoder": ("medsemgan.training.encoder", "train the image -> W+ encoder for a trained generator"),
+    "unet": ("medsemgan.training.unet", "train the supervised 2-D U-Net baseline on the same labeled slices"),
 }
 
 

@@ -1,0 +1,840 @@
+"""``medsemgan report``: the CT -> MRI cross-modality report (rows = methods, columns = label budgets).
+
+For every method (SemanticGAN with test-time optimisation, SemanticGAN encoder only, the supervised
+U-Net baseline, or precomputed masks), every label budget and every case of an in-domain CT test set
+and an out-of-domain MRI test set: segment the case, score it with
+``medsemgan.evaluation.metrics.compute_metrics`` (CHAOS definitions), and write
+
+* ``report.md``: the paper-style table (Dice mean ± std per method x budget x test set), details,
+  per-case Dice, the figures, what was not available and what failed;
+* ``per_case.csv``: one row per (test set, case, method, budget) with every metric;
+* ``summary.json``: the table as data;
+* ``figures/dice_<test set>.png``: per-patient Dice bars;
+  ``figures/overlay_<test set>_<method>_<budget>.png``: best / median / worst case with the ground
+  truth and predicted contours;
+* ``predictions/<method>/<budget>/<case>.nii.gz``: every predicted mask (input geometry);
+* ``cache/<method>/<budget>/<test set>/<case>.json``: metrics keyed by a fingerprint of the
+  method, its weights (size and time) and the case, so re-running after adding a method only
+  computes the new one.
+
+A method/budget whose weights do not exist is reported as "not available (missing FILE)"; a case
+that fails is recorded with its error and the others go on (exit status 1 then). Every path is
+configurable (``medsemgan/configs/report.yaml``); relative test-set paths resolve against
+``data_root`` (default: ``medsemgan.paths.data_root()``), relative weight paths against
+``weights_root`` (default: the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime as _dt
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medsemgan.errors import InputError
+from medsemgan.evaluation.metrics import compute_metrics
+from medsemgan.io_utils import atomic_path
+from medsemgan.paths import CONFIG_DIR, REPO_DIR
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = CONFIG_DIR / "report.yaml"
+CACHE_VERSION = 1
+METRICS = ("dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml")
+CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
+               "seconds", "cached", "prediction", "error")
+KINDS = ("semanticgan", "unet", "masks")
+OVERLAY_RESOLUTION = 192
+
+
+# ============================================================================ configuration
+
+
+@dataclass
+class TestSet:
+    key: str
+    title: str
+    modality: str
+    cases: list  # list[medsemgan.data.catalogue.Study]
+
+
+@dataclass
+class Budget:
+    key: str
+    title: str
+
+
+@dataclass
+class Method:
+    key: str
+    name: str
+    kind: str
+    options: dict
+    weights: dict  # budget key -> path or {generator, encoder, config} (already resolved)
+
+
+@dataclass
+class ReportConfig:
+    test_sets: list[TestSet]
+    budgets: list[Budget]
+    methods: list[Method]
+    out: Path
+    device: str = "auto"
+    overlays: bool = True
+    data_root: Path | None = None
+    weights_root: Path = REPO_DIR
+    source: str = "<dict>"
+    raw: dict = field(default_factory=dict)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text)) or "x"
+
+
+def _resolve(path: str | os.PathLike, root: Path | None, what: str, source: str) -> Path:
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_absolute():
+        return path
+    if root is None:
+        raise InputError(source, f"{what} {path} is relative but no root is known to resolve it "
+                                 "(set data_root / weights_root, or $MEDSEMGAN_DATA)")
+    return root / path
+
+
+def _study(entry: dict, modality: str, data_root: Path | None, source: str):
+    from medsemgan.data.catalogue import TEST, Study
+
+    for key in ("name", "image"):
+        if key not in entry:
+            raise InputError(source, f"a test case needs '{key}': {entry}")
+    label = entry.get("label")
+    return Study(
+        name=str(entry["name"]), source="report", modality=str(entry.get("modality", modality)).upper(),
+        liver_value=int(entry.get("liver_value", 1)), split=TEST,
+        image_path=_resolve(entry["image"], data_root, "image", source),
+        label_path=None if label is None else _resolve(label, data_root, "label", source),
+        label_kind=str(entry.get("label_kind", "volume")), root=data_root,
+    )
+
+
+def _test_set(raw: dict, data_root: Path | None, source: str) -> TestSet:
+    from medsemgan.data.catalogue import get_study
+
+    for key in ("key", "modality"):
+        if key not in raw:
+            raise InputError(source, f"every test set needs '{key}': {raw}")
+    modality = str(raw["modality"]).upper()
+    modality = "MR" if modality == "MRI" else modality
+    if modality not in ("CT", "MR"):
+        raise InputError(source, f"test set {raw['key']}: modality must be CT or MR, got {raw['modality']!r}")
+    cases = []
+    if raw.get("studies"):
+        if data_root is None:
+            raise InputError(source, f"test set {raw['key']} names catalogue studies but no data folder was "
+                                     "found (set data_root or $MEDSEMGAN_DATA, or list the cases explicitly)")
+        cases += [get_study(data_root, name) for name in raw["studies"]]
+    for entry in raw.get("cases") or []:
+        cases.append(_study(entry, modality, data_root, source))
+    pattern = raw.get("pattern")
+    if pattern:
+        images = sorted(glob.glob(str(_resolve(pattern["images"], data_root, "pattern", source))))
+        if not images:
+            raise InputError(source, f"test set {raw['key']}: no file matches {pattern['images']}")
+        old, new = pattern.get("label_from_image", ["image", "label"])
+        for image in images:
+            stem = Path(image).name.split(".")[0]
+            name = stem.replace(old, "", 1).strip("_-") if old and old in stem else stem
+            label = str(Path(image).parent / Path(image).name.replace(old, new, 1))
+            cases.append(_study({"name": name, "image": image, "label": label,
+                                 "liver_value": pattern.get("liver_value", 1)}, modality, data_root, source))
+    if not cases:
+        raise InputError(source, f"test set {raw['key']} has no cases (give studies:, cases: or pattern:)")
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise InputError(source, f"test set {raw['key']}: case names must be unique, got {names}")
+    return TestSet(str(raw["key"]), str(raw.get("title", raw["key"])), modality, cases)
+
+
+def _method(raw: dict, budgets: list[Budget], weights_root: Path, source: str) -> Method:
+    for key in ("key", "kind"):
+        if key not in raw:
+            raise InputError(source, f"every method needs '{key}': {raw}")
+    kind = str(raw["kind"])
+    if kind not in KINDS:
+        raise InputError(source, f"method {raw['key']}: kind must be one of {KINDS}, got {kind!r}")
+    weights_raw = raw.get("weights") or {}
+    if not isinstance(weights_raw, dict):
+        raise InputError(source, f"method {raw['key']}: weights must map a budget key to files")
+    unknown = sorted(set(map(str, weights_raw)) - {b.key for b in budgets})
+    if unknown:
+        raise InputError(source, f"method {raw['key']}: weights for unknown budgets {unknown}")
+    weights: dict[str, Any] = {}
+    for budget_key, value in weights_raw.items():
+        if value is None:
+            continue
+        if kind == "semanticgan":
+            if not isinstance(value, dict) or not {"generator", "encoder"} <= set(value):
+                raise InputError(source, f"method {raw['key']} budget {budget_key}: give generator: and encoder:")
+            weights[str(budget_key)] = {
+                "generator": _resolve(value["generator"], weights_root, "weights", source),
+                "encoder": _resolve(value["encoder"], weights_root, "weights", source),
+                "config": value.get("config"),
+            }
+        else:
+            weights[str(budget_key)] = _resolve(value, weights_root, "weights", source)
+    return Method(str(raw["key"]), str(raw.get("name", raw["key"])), kind, dict(raw.get("options") or {}), weights)
+
+
+def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | None = None) -> ReportConfig:
+    from medsemgan.paths import data_root as default_data_root
+
+    raw = copy.deepcopy(raw or {})
+    known = {"data_root", "weights_root", "out", "device", "overlays", "test_sets", "budgets", "methods"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(source, f"unknown keys {unknown}; known: {sorted(known)}")
+    data_root = Path(raw["data_root"]).expanduser() if raw.get("data_root") else default_data_root()
+    weights_root = Path(raw["weights_root"]).expanduser() if raw.get("weights_root") else REPO_DIR
+    budgets = [Budget(str(b["key"]), str(b.get("title", b["key"]))) if isinstance(b, dict)
+               else Budget(str(b), str(b)) for b in raw.get("budgets") or []]
+    if not budgets:
+        raise InputError(source, "budgets: needs at least one label budget (e.g. - key: all)")
+    if len({b.key for b in budgets}) != len(budgets):
+        raise InputError(source, "budget keys must be unique")
+    methods = [_method(m, budgets, weights_root, source) for m in raw.get("methods") or []]
+    if not methods:
+        raise InputError(source, "methods: needs at least one method")
+    if len({m.key for m in methods}) != len(methods):
+        raise InputError(source, "method keys must be unique")
+    test_sets = [_test_set(t, data_root, source) for t in raw.get("test_sets") or []]
+    if not test_sets:
+        raise InputError(source, "test_sets: needs at least one test set")
+    if len({t.key for t in test_sets}) != len(test_sets):
+        raise InputError(source, "test set keys must be unique")
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or "reports/cross_modality")
+    return ReportConfig(test_sets, budgets, methods, out_dir, str(raw.get("device", "auto")),
+                        bool(raw.get("overlays", True)), data_root, weights_root, source, raw)
+
+
+def load_report_config(path: str | os.PathLike = DEFAULT_CONFIG, out: str | os.PathLike | None = None) -> ReportConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such report configuration")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping (test_sets:, budgets:, methods:)")
+    return parse_config(raw, str(path), out)
+
+
+# ============================================================================ methods
+
+
+def _file_stamp(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _missing(paths: list[Path], root: Path) -> list[str]:
+    out = []
+    for p in paths:
+        if not p.exists():
+            try:
+                out.append(str(p.relative_to(root)))
+            except ValueError:
+                out.append(str(p))
+    return out
+
+
+class Runner:
+    """One method at one budget: ``segment(image, modality) -> uint8 mask`` on the input grid.
+    Models load on first use, so a fully cached report never loads them."""
+
+    def __init__(self, method: Method, budget: str, files: list[Path], device: str,
+                 load: Callable[[], Callable]):
+        self.method, self.budget, self.files, self.device = method, budget, files, device
+        self._load, self._segment = load, None
+        self.fingerprint = hashlib.sha256(json.dumps({
+            "version": CACHE_VERSION, "kind": method.kind, "options": method.options,
+            "files": [_file_stamp(f) for f in files if f.is_file()],
+        }, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def segment(self, image, modality: str, case: str):
+        if self._segment is None:
+            self._segment = self._load()
+        return self._segment(image, modality, case)
+
+
+def _semanticgan_loader(method: Method, weights: dict, device: str):
+    def load():
+        from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
+        from medsemgan.inference.segment import SegmentOptions, segment_volume
+
+        model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
+                                             weights.get("config") or DEFAULT_CONFIG).to(resolve_device(device))
+        o = method.options
+        known = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16"}
+        unknown = sorted(set(o) - known)
+        if unknown:
+            raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
+
+        def segment(image, modality, case):
+            options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
+                                     batch_size=o.get("batch_size"), seed=o.get("seed", 0), lr=o.get("lr"),
+                                     early_stop_patience=o.get("early_stop_patience"), bf16=o.get("bf16"),
+                                     modality=modality)
+            mask, _ = segment_volume(image, model, options)
+            return mask
+        return segment
+    return load
+
+
+def _unet_loader(method: Method, weights: Path, device: str):
+    def load():
+        from medsemgan.inference.model import resolve_device
+        from medsemgan.inference.unet import UNetSegmenter, segment_volume_unet
+
+        segmenter = UNetSegmenter.from_file(weights).to(resolve_device(device))
+        batch = int(method.options.get("batch_size", 32))
+
+        def segment(image, modality, case):
+            mask, _ = segment_volume_unet(image, segmenter, modality=modality, batch_size=batch)
+            return mask
+        return segment
+    return load
+
+
+def _masks_loader(method: Method, folder: Path, device: str):
+    def load():
+        from monai.data import MetaTensor
+
+        from medsemgan.data.io import load_image, match_label_to_image
+
+        def segment(image, modality, case):
+            candidates = [folder / f"{case}{ext}" for ext in (".nii.gz", ".nii", ".nrrd", ".mha")]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise InputError(folder, f"no mask for case {case} (expected {candidates[0].name})")
+            mask = match_label_to_image(image, load_image(found), found)
+            return MetaTensor((mask.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone())
+        return segment
+    return load
+
+
+def make_runner(method: Method, budget: str, weights_root: Path, device: str) -> Runner | str:
+    """A :class:`Runner`, or the reason the method is not available at this budget."""
+    if budget not in method.weights:
+        return "not available (no weights configured for this budget)"
+    value = method.weights[budget]
+    if method.kind == "semanticgan":
+        files = [value["generator"], value["encoder"]]
+        load = _semanticgan_loader(method, value, device)
+    elif method.kind == "unet":
+        files = [value] + ([value.with_suffix(".json")] if value.with_suffix(".json").exists() else [])
+        load = _unet_loader(method, value, device)
+    else:
+        files = [value]
+        load = _masks_loader(method, value, device)
+    missing = _missing(files, weights_root)
+    if missing:
+        return f"not available (missing {', '.join(missing)})"
+    return Runner(method, budget, files, device, load)
+
+
+# ============================================================================ running
+
+
+def _spacing(image) -> tuple[float, ...]:
+    affine = np.asarray(image.affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def _case_fingerprint(study) -> dict:
+    return {"image": str(study.image_path), "label": str(study.label_path), "modality": study.modality,
+            "liver_value": study.liver_value, "label_kind": study.label_kind}
+
+
+def _cache_file(out: Path, method: str, budget: str, test_set: str, case: str) -> Path:
+    return out / "cache" / _slug(method) / _slug(budget) / _slug(test_set) / f"{_slug(case)}.json"
+
+
+def prediction_file(out: Path, method: str, budget: str, case: str, test_set: str) -> Path:
+    return out / "predictions" / _slug(method) / _slug(budget) / _slug(test_set) / f"{_slug(case)}.nii.gz"
+
+
+def _read_cache(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if cached.get("key") != key or not Path(cached.get("prediction", "")).is_file():
+        return None
+    return cached
+
+
+def _json_float(value):
+    return value if value is None or math.isfinite(value) else str(value)
+
+
+def _from_json_float(value):
+    return float(value) if isinstance(value, str) else value
+
+
+def run_case(runner: Runner, test_set: TestSet, study, loaded: dict, out: Path) -> dict:
+    """Segment and score one case; writes the prediction and the cache entry."""
+    from medsemgan.inference.writers import write_mask
+
+    started = time.perf_counter()
+    image, label = loaded["image"], loaded["label"]
+    if label is None:
+        raise InputError(study.image_path, "no ground-truth label for this case")
+    mask = runner.segment(image, test_set.modality, study.name)
+    if tuple(mask.shape[-3:]) != tuple(image.shape[-3:]):
+        raise RuntimeError(f"prediction shape {tuple(mask.shape)} differs from the image {tuple(image.shape)}")
+    pred_path = prediction_file(out, runner.method.key, runner.budget, study.name, test_set.key)
+    write_mask(mask, pred_path, affine=image.affine)
+    metrics = compute_metrics(np.asarray(mask[0]) > 0, np.asarray(label[0]) > 0, spacing=_spacing(image),
+                              slice_axis=-1, pred_path=pred_path, gt_path=study.label_path).as_dict()
+    return {"metrics": metrics, "prediction": str(pred_path), "seconds": time.perf_counter() - started}
+
+
+@dataclass
+class Job:
+    test_set: TestSet
+    study: Any
+    method: Method
+    budget: Budget
+    runner: Runner
+
+    @property
+    def cache_key(self) -> str:
+        blob = json.dumps({"runner": self.runner.fingerprint, "case": _case_fingerprint(self.study)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def cache_path(self, out: Path) -> Path:
+        return _cache_file(out, self.method.key, self.budget.key, self.test_set.key, self.study.name)
+
+
+def _row(job: Job, status: str, result: dict | None, error: str = "", cached: bool = False) -> dict:
+    row = {"test_set": job.test_set.key, "case": job.study.name, "modality": job.test_set.modality,
+           "method": job.method.key, "method_name": job.method.name, "budget": job.budget.key,
+           "status": status, "seconds": None, "cached": cached, "prediction": "", "error": error}
+    row.update({m: math.nan for m in METRICS})
+    if result is not None:
+        row.update({m: _from_json_float(result["metrics"][m]) for m in METRICS})
+        row["seconds"] = round(float(result["seconds"]), 2)
+        row["prediction"] = result["prediction"]
+    return row
+
+
+def run_jobs(jobs: list[Job], out: Path, progress: bool = True) -> list[dict]:
+    """Every job, cached ones first; each case is loaded once for all its uncached jobs."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict] = []
+    todo: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        cached = _read_cache(job.cache_path(out), job.cache_key)
+        if cached is not None:
+            rows.append(_row(job, "ok", cached, cached=True))
+        else:
+            todo.setdefault((job.test_set.key, job.study.name), []).append(job)
+    total = sum(len(v) for v in todo.values())
+    log.info("%d result(s) cached, %d to compute", len(rows), total)
+    bar = tqdm(total=total, desc="report", unit="case", disable=not progress or total == 0)
+    try:
+        for (_, case), case_jobs in todo.items():
+            study = case_jobs[0].study
+            try:
+                loaded = study.load()
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - a case that cannot be read fails alone
+                message = _error_text(err, study.image_path)
+                log.error("%s: cannot load: %s (case skipped)", case, message)
+                rows += [_row(job, "failed", None, message) for job in case_jobs]
+                bar.update(len(case_jobs))
+                continue
+            for job in case_jobs:
+                bar.set_postfix_str(f"{job.method.key}/{job.budget.key}/{case}")
+                try:
+                    result = run_case(job.runner, job.test_set, study, loaded, out)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:  # noqa: BLE001 - one failing case does not stop the report
+                    message = _error_text(err, study.image_path)
+                    log.error("%s %s/%s: %s", case, job.method.key, job.budget.key, message)
+                    log.debug("traceback", exc_info=True)
+                    rows.append(_row(job, "failed", None, message))
+                else:
+                    entry = {"key": job.cache_key, "metrics": {k: _json_float(v) for k, v in result["metrics"].items()},
+                             "prediction": result["prediction"], "seconds": result["seconds"]}
+                    with atomic_path(job.cache_path(out)) as tmp:
+                        tmp.write_text(json.dumps(entry, indent=1))
+                    rows.append(_row(job, "ok", result))
+                    log.info("%s %s/%s: Dice %.4f (%.1f s)", case, job.method.key, job.budget.key,
+                             result["metrics"]["dice"], result["seconds"])
+                bar.update(1)
+    finally:
+        bar.close()
+    return rows
+
+
+def _error_text(err: Exception, fallback_path) -> str:
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{fallback_path}: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+# ============================================================================ summarising
+
+
+def _stats(values: list[float]) -> dict:
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None}
+    return {"n": int(finite.size), "mean": float(finite.mean()),
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+            "median": float(np.median(finite)), "min": float(finite.min()), "max": float(finite.max())}
+
+
+def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict:
+    """``cells[method][budget][test_set]`` = {status, reason, dice stats, other metric means}."""
+    cells: dict = {}
+    for method in config.methods:
+        for budget in config.budgets:
+            for ts in config.test_sets:
+                reason = unavailable.get((method.key, budget.key))
+                here = [r for r in rows if (r["method"], r["budget"], r["test_set"]) == (method.key, budget.key, ts.key)]
+                ok = [r for r in here if r["status"] == "ok"]
+                cell = {"available": reason is None, "reason": reason, "cases": len(here),
+                        "ok": len(ok), "failed": len(here) - len(ok),
+                        "dice": _stats([r["dice"] for r in ok])}
+                for metric in ("ravd", "assd", "mssd", "hd95"):
+                    cell[metric] = _stats([r[metric] for r in ok])
+                cells.setdefault(method.key, {}).setdefault(budget.key, {})[ts.key] = cell
+    return {
+        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
+        "config": config.source,
+        "data_root": None if config.data_root is None else str(config.data_root),
+        "test_sets": [{"key": t.key, "title": t.title, "modality": t.modality, "cases": [c.name for c in t.cases]}
+                      for t in config.test_sets],
+        "budgets": [{"key": b.key, "title": b.title} for b in config.budgets],
+        "methods": [{"key": m.key, "name": m.name, "kind": m.kind, "options": m.options} for m in config.methods],
+        "cells": cells,
+    }
+
+
+def _fmt_dice(stats: dict) -> str:
+    if not stats["n"]:
+        return "–"
+    if stats["std"] is None:
+        return f"{stats['mean']:.3f}"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def cell_text(cell: dict) -> str:
+    if not cell["available"]:
+        return cell["reason"]
+    text = _fmt_dice(cell["dice"])
+    if cell["failed"]:
+        text += f" ({cell['failed']} failed)"
+    return text
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _finite(value) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def render_markdown(config: ReportConfig, summary: dict, rows: list[dict], figures: dict, command: str) -> str:
+    cells = summary["cells"]
+    lines = ["# Cross-modality report: liver Dice, trained on CT, tested on CT and MRI", ""]
+    lines += [f"Generated {summary['generated']} by `{command}`", "",
+              f"- configuration: `{config.source}`",
+              f"- data root: `{summary['data_root']}`"]
+    for ts in config.test_sets:
+        lines.append(f"- **{ts.title}** ({ts.modality}, `{ts.key}`): {len(ts.cases)} case(s): "
+                     + ", ".join(c.name for c in ts.cases))
+    lines += ["", "Per-volume (3-D) Dice, mean ± sample std over the cases of each test set "
+              "(CHAOS definitions, `medsemgan.evaluation.metrics`).", ""]
+    header = ["method"] + [f"{b.title}: {ts.key.upper()}" for b in config.budgets for ts in config.test_sets]
+    table = [[m.name] + [cell_text(cells[m.key][b.key][ts.key]) for b in config.budgets for ts in config.test_sets]
+             for m in config.methods]
+    lines += _md_table(header, table)
+
+    lines += ["", "## Details", ""]
+    detail = []
+    for m in config.methods:
+        for b in config.budgets:
+            for ts in config.test_sets:
+                cell = cells[m.key][b.key][ts.key]
+                if not cell["available"]:
+                    continue
+                d = cell["dice"]
+                detail.append([m.name, b.title, ts.key, f"{cell['ok']}/{cell['cases']}", _fmt_dice(d),
+                               _finite(d["median"]), f"{_finite(d['min'])}–{_finite(d['max'])}",
+                               _finite(cell["ravd"]["mean"]), _finite(cell["assd"]["mean"]),
+                               _finite(cell["mssd"]["mean"]), _finite(cell["hd95"]["mean"])])
+    if detail:
+        lines += _md_table(["method", "budget", "test set", "scored", "Dice", "median", "min–max",
+                            "RAVD %", "ASSD mm", "MSSD mm", "HD95 mm"], detail)
+    else:
+        lines.append("No method was available.")
+
+    for ts in config.test_sets:
+        series = [(m, b) for m in config.methods for b in config.budgets if cells[m.key][b.key][ts.key]["available"]]
+        lines += ["", f"## {ts.title}: Dice per case", ""]
+        if series:
+            by = {(r["method"], r["budget"], r["case"]): r for r in rows if r["test_set"] == ts.key}
+            header = ["case"] + [f"{m.name} ({b.title})" for m, b in series]
+            body = []
+            for case in ts.cases:
+                cells_row = []
+                for m, b in series:
+                    r = by.get((m.key, b.key, case.name))
+                    cells_row.append("–" if r is None else ("failed" if r["status"] != "ok" else _finite(r["dice"])))
+                body.append([case.name] + cells_row)
+            lines += _md_table(header, body)
+        else:
+            lines.append("No method was available.")
+        if ts.key in figures.get("bars", {}):
+            lines += ["", f"![per-case Dice, {ts.title}]({figures['bars'][ts.key]})"]
+        for (ts_key, m_key, b_key), path in figures.get("overlays", {}).items():
+            if ts_key == ts.key:
+                name = next(m.name for m in config.methods if m.key == m_key)
+                title = next(b.title for b in config.budgets if b.key == b_key)
+                lines += ["", f"{name}, {title}: best / median / worst case", "",
+                          f"![overlays {name} {title} {ts.title}]({path})"]
+
+    missing = [(m.name, b.title, cells[m.key][b.key][config.test_sets[0].key]["reason"])
+               for m in config.methods for b in config.budgets
+               if not cells[m.key][b.key][config.test_sets[0].key]["available"]]
+    failed = [r for r in rows if r["status"] != "ok"]
+    lines += ["", "## Not available and failed", ""]
+    if not missing and not failed:
+        lines.append("Every method ran on every case.")
+    for name, title, reason in missing:
+        lines.append(f"- {name}, {title}: {reason}")
+    for r in failed:
+        lines.append(f"- {r['method_name']}, budget {r['budget']}, {r['test_set']}/{r['case']}: failed: {r['error']}")
+    lines += ["", "Files: `per_case.csv` (every metric per case), `summary.json` (this table as data), "
+              "`predictions/` (masks on the input grid), `figures/`.", ""]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+
+
+# ============================================================================ figures
+
+
+def _display_slices(study, pred_path: Path, loaded: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image / ground truth / prediction of the slice with the most liver, in canonical
+    orientation (``preprocess`` at ``OVERLAY_RESOLUTION``: window, body crop, resize)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    from medsemgan.data.transforms import preprocess
+
+    loaded = loaded or study.load()
+    image, label = loaded["image"], loaded["label"]
+    pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.float32)
+    pred_t = MetaTensor(torch.from_numpy(pred)[None], affine=image.affine.clone())
+    label_t = MetaTensor(label.as_tensor().float(), affine=image.affine.clone())
+    data = preprocess(study.modality, OVERLAY_RESOLUTION, keys=("image", "label", "pred"))(
+        {"image": image, "label": label_t, "pred": pred_t})
+    img, gt, pr = (np.asarray(data[k][0]) for k in ("image", "label", "pred"))
+    area = gt.reshape(-1, gt.shape[-1]).sum(0)
+    if not area.any():
+        area = pr.reshape(-1, pr.shape[-1]).sum(0)
+    k = int(np.argmax(area))
+    return img[..., k], gt[..., k] > 0.5, pr[..., k] > 0.5
+
+
+def pick_cases(rows: list[dict]) -> list[tuple[str, dict]]:
+    """Best, median and worst by Dice (fewer when there are fewer distinct cases)."""
+    ok = sorted((r for r in rows if r["status"] == "ok" and np.isfinite(r["dice"])), key=lambda r: -r["dice"])
+    if not ok:
+        return []
+    picks = [("best", ok[0]), ("median", ok[(len(ok) - 1) // 2]), ("worst", ok[-1])]
+    seen, out = set(), []
+    for tag, row in picks:
+        if row["case"] not in seen:
+            seen.add(row["case"])
+            out.append((tag, row))
+    return out
+
+
+def make_figures(config: ReportConfig, rows: list[dict], out: Path, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from medsemgan.evaluation.report_figures import dice_bars, overlay_panel, overlay_strip, save_png
+
+    figures: dict = {"bars": {}, "overlays": {}}
+    for ts in config.test_sets:
+        series = []
+        for m in config.methods:
+            for b in config.budgets:
+                mine = {r["case"]: r for r in rows
+                        if (r["method"], r["budget"], r["test_set"]) == (m.key, b.key, ts.key)}
+                if not mine:
+                    continue
+                values = [mine[c.name]["dice"] if c.name in mine and mine[c.name]["status"] == "ok" else None
+                          for c in ts.cases]
+                series.append((f"{m.name} ({b.title})", values))
+        if not series:
+            continue
+        path = save_png(dice_bars([c.name for c in ts.cases], series, f"Liver Dice per case: {ts.title}"),
+                        out / "figures" / f"dice_{_slug(ts.key)}.png")
+        figures["bars"][ts.key] = str(path.relative_to(out))
+    if not config.overlays:
+        return figures
+    wanted = []
+    for ts in config.test_sets:
+        for m in config.methods:
+            for b in config.budgets:
+                mine = [r for r in rows if (r["method"], r["budget"], r["test_set"]) == (m.key, b.key, ts.key)]
+                picks = pick_cases(mine)
+                if picks:
+                    wanted.append((ts, m, b, picks))
+    studies = {(ts.key, c.name): c for ts in config.test_sets for c in ts.cases}
+    loaded_cache: dict = {}
+    for ts, m, b, picks in tqdm(wanted, desc="overlays", unit="fig", disable=not progress or not wanted):
+        panels = []
+        for tag, row in picks:
+            study = studies[(ts.key, row["case"])]
+            try:
+                key = (ts.key, study.name)
+                if key not in loaded_cache:
+                    loaded_cache.clear()  # keep one case in memory
+                    loaded_cache[key] = study.load()
+                img, gt, pr = _display_slices(study, Path(row["prediction"]), loaded_cache[key])
+                panels.append(overlay_panel(img, gt, pr, f"{tag}: {study.name}  Dice {row['dice']:.3f}"))
+            except Exception as err:  # noqa: BLE001 - a figure must not stop the report
+                log.warning("overlay %s/%s/%s failed: %s", m.key, b.key, study.name, err)
+        if panels:
+            path = save_png(overlay_strip(panels, f"{m.name}, {b.title}, {ts.title}"),
+                            out / "figures" / f"overlay_{_slug(ts.key)}_{_slug(m.key)}_{_slug(b.key)}.png")
+            figures["overlays"][(ts.key, m.key, b.key)] = str(path.relative_to(out))
+    return figures
+
+
+# ============================================================================ the report
+
+
+def build_report(config: ReportConfig, progress: bool = True, command: str = "medsemgan report") -> dict:
+    """Run everything, write the outputs; returns ``{summary, rows, paths}``."""
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    unavailable: dict = {}
+    jobs: list[Job] = []
+    for method in config.methods:
+        for budget in config.budgets:
+            runner = make_runner(method, budget.key, config.weights_root, config.device)
+            if isinstance(runner, str):
+                unavailable[(method.key, budget.key)] = runner
+                log.warning("%s, %s: %s", method.name, budget.title, runner)
+                continue
+            jobs += [Job(ts, study, method, budget, runner) for ts in config.test_sets for study in ts.cases]
+    rows = run_jobs(jobs, out, progress)
+    order = {(ts.key, c.name): i for i, (ts, c) in enumerate((t, c) for t in config.test_sets for c in t.cases)}
+    m_order = {m.key: i for i, m in enumerate(config.methods)}
+    b_order = {b.key: i for i, b in enumerate(config.budgets)}
+    rows.sort(key=lambda r: (m_order[r["method"]], b_order[r["budget"]], order[(r["test_set"], r["case"])]))
+    summary = summarise(config, rows, unavailable)
+    figures = make_figures(config, rows, out, progress)
+    write_csv(rows, out / "per_case.csv")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(render_markdown(config, summary, rows, figures, command))
+    return {"summary": summary, "rows": rows, "report": out / "report.md", "csv": out / "per_case.csv",
+            "figures": figures}
+
+
+# ============================================================================ the verb
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="report configuration YAML (default: medsemgan/configs/report.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default: the configuration's out:)")
+    parser.add_argument("--data", default=None, help="data root for relative test-set paths (overrides data_root)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides device)")
+    parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
+    parser.add_argument("--no-overlays", action="store_true", help="skip the overlay figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise InputError(path, "no such report configuration")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping (test_sets:, budgets:, methods:)")
+    if args.data:
+        raw["data_root"] = args.data
+    if args.device:
+        raw["device"] = args.device
+    if args.no_overlays:
+        raw["overlays"] = False
+    if args.methods:
+        keep = [k.strip() for k in args.methods.split(",") if k.strip()]
+        known = [m.get("key") for m in raw.get("methods") or []]
+        unknown = sorted(set(keep) - set(known))
+        if unknown:
+            raise InputError(path, f"--methods {unknown} not in the configuration ({known})")
+        raw["methods"] = [m for m in raw.get("methods") or [] if m.get("key") in keep]
+    config = parse_config(raw, str(path), args.out)
+    command = " ".join(["medsemgan report", f"--config {args.config}"]
+                       + [f"--{flag} {value}" for flag, value in (("out", args.out), ("data", args.data),
+                                                                   ("device", args.device), ("methods", args.methods))
+                          if value]
+                       + (["--no-overlays"] if args.no_overlays else []))
+    result = build_report(config, progress=not args.no_progress, command=command)
+    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    print(f"wrote {result['report']} ({len(result['rows']) - len(failed)} case result(s), {len(failed)} failed)")
+    for m in config.methods:
+        for b in config.budgets:
+            cells = [f"{ts.key}: {cell_text(result['summary']['cells'][m.key][b.key][ts.key])}" for ts in config.test_sets]
+            print(f"  {m.name} [{b.title}]  " + "  ".join(cells))
+    return 1 if failed else 0

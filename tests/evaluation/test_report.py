@@ -1,0 +1,191 @@
+"""``medsemgan report`` end to end on tiny synthetic CT/MRI cases (no real data, no trained GAN)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsemgan.errors import InputError
+from medsemgan.evaluation.report import build_report, parse_config, pick_cases
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_fixtures import tiny_unet_config, write_case  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Two CT and two MRI phantom cases, a 2-step U-Net, and 'perfect' masks (the labels)."""
+    from medsemgan.training.unet import train_unet
+
+    root = tmp_path_factory.mktemp("report")
+    for i in range(2):
+        write_case(root / "data" / "ct", f"c{i}", "CT", seed=i)
+        write_case(root / "data" / "mr", f"m{i}", "MR", seed=10 + i, label_value=1)
+    perfect = root / "weights" / "perfect"
+    perfect.mkdir(parents=True)
+    for label in sorted((root / "data").glob("*/label_*.nii.gz")):
+        shutil.copy(label, perfect / label.name.replace("label_", ""))
+    summary = train_unet(tiny_unet_config(), root / "weights" / "unet_run")
+    assert summary["finished"]
+    return root
+
+
+def raw_config(root: Path) -> dict:
+    pattern = {"label_from_image": ["image_", "label_"], "liver_value": 1}
+    return {
+        "data_root": str(root / "data"),
+        "weights_root": str(root / "weights"),
+        "test_sets": [
+            {"key": "ct", "title": "CT phantoms", "modality": "CT", "pattern": {"images": "ct/image_*.nii.gz", **pattern}},
+            {"key": "mri", "title": "MRI phantoms", "modality": "MR", "pattern": {"images": "mr/image_*.nii.gz", **pattern}},
+        ],
+        "budgets": [{"key": "all", "title": "all slices"}, {"key": "8", "title": "8 slices"}],
+        "methods": [
+            {"key": "gan", "name": "SemanticGAN (TTO)", "kind": "semanticgan",
+             "weights": {"all": {"generator": "gan/generator_all.pt", "encoder": "gan/encoder_all.pt"}}},
+            {"key": "unet", "name": "U-Net baseline", "kind": "unet",
+             "weights": {"all": "unet_run/unet.pt", "8": "unet_run/unet_8_missing.pt"}},
+            {"key": "perfect", "name": "Reference masks", "kind": "masks", "weights": {"all": "perfect", "8": "perfect"}},
+        ],
+    }
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_end_to_end(workspace, tmp_path):
+    out = tmp_path / "report"
+    result = build_report(parse_config(raw_config(workspace), "test", out), progress=False)
+    text = (out / "report.md").read_text()
+    # every row is in the table; missing weights are reported, not dropped or faked
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    for name in ("SemanticGAN (TTO)", "U-Net baseline", "Reference masks"):
+        assert any(line.startswith(f"| {name} |") for line in table), name
+    gan_row = next(line for line in table if line.startswith("| SemanticGAN (TTO) |"))
+    assert "not available (missing gan/generator_all.pt, gan/encoder_all.pt)" in gan_row
+    assert "not available (no weights configured for this budget)" in gan_row
+    unet_row = next(line for line in table if line.startswith("| U-Net baseline |"))
+    assert "not available (missing unet_run/unet_8_missing.pt)" in unet_row
+    # the reference masks are the labels themselves: Dice exactly 1 everywhere
+    perfect_row = next(line for line in table if line.startswith("| Reference masks |"))
+    assert perfect_row.count("1.000 ± 0.000") == 4
+
+    rows = read_csv(out / "per_case.csv")
+    # unet at 'all' + perfect at both budgets, on 4 cases each
+    assert len(rows) == 3 * 4
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["case"] for r in rows} == {"c0", "c1", "m0", "m1"}
+    perfect = [r for r in rows if r["method"] == "perfect"]
+    assert all(float(r["dice"]) == 1.0 and float(r["assd"]) == 0.0 for r in perfect)
+    unet = [r for r in rows if r["method"] == "unet"]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in unet)
+
+    # predictions lie on the input grid
+    for r in unet:
+        image = nib.load(str(workspace / "data" / ("ct" if r["test_set"] == "ct" else "mr") / f"image_{r['case']}.nii.gz"))
+        pred = nib.load(r["prediction"])
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+
+    # figures: bars per test set, overlays per available (method, budget, test set)
+    for ts in ("ct", "mri"):
+        bars = out / "figures" / f"dice_{ts}.png"
+        assert Image.open(bars).size[0] > 100
+        assert f"figures/dice_{ts}.png" in text
+    overlays = sorted(p.name for p in (out / "figures").glob("overlay_*.png"))
+    assert overlays == sorted(f"overlay_{ts}_{m}_{b}.png" for ts in ("ct", "mri")
+                              for m, b in (("unet", "all"), ("perfect", "all"), ("perfect", "8")))
+    assert result["summary"]["cells"]["unet"]["all"]["mri"]["dice"]["n"] == 2
+
+
+def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_path):
+    out = tmp_path / "report"
+    raw = raw_config(workspace)
+    raw["overlays"] = False
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "perfect"]
+    first = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    assert {r["cached"] for r in first} == {"False"}
+    raw["methods"] = raw_config(workspace)["methods"]
+    second = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    cached = {(r["method"], r["cached"]) for r in second}
+    assert cached == {("perfect", "True"), ("unet", "False")}
+    # changing the weights file invalidates its cached results
+    weights = workspace / "weights" / "unet_run" / "unet.pt"
+    stat = weights.stat()
+    import os
+
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    third = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    assert {(r["method"], r["cached"]) for r in third} == {("perfect", "True"), ("unet", "False")}
+
+
+def read_csv_after(result: dict) -> list[dict]:
+    return read_csv(result["csv"])
+
+
+def test_failing_case_does_not_stop_the_report(workspace, tmp_path):
+    raw = raw_config(workspace)
+    raw["overlays"] = False
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "perfect"]
+    raw["test_sets"][0] = {"key": "ct", "modality": "CT", "cases": [
+        {"name": "c0", "image": "ct/image_c0.nii.gz", "label": "ct/label_c0.nii.gz"},
+        {"name": "broken", "image": "ct/does_not_exist.nii.gz", "label": "ct/label_c1.nii.gz"},
+    ]}
+    result = build_report(parse_config(raw, "test", tmp_path / "r"), progress=False)
+    rows = read_csv(result["csv"])
+    broken = [r for r in rows if r["case"] == "broken"]
+    assert len(broken) == 2 and {r["status"] for r in broken} == {"failed"}
+    assert all("does_not_exist.nii.gz" in r["error"] for r in broken)
+    assert {r["status"] for r in rows if r["case"] != "broken"} == {"ok"}
+    text = result["report"].read_text()
+    assert "(1 failed)" in text and "does_not_exist.nii.gz" in text
+
+
+def test_cli_report_verb(workspace, tmp_path):
+    import yaml
+
+    from medsemgan.cli import main
+
+    raw = raw_config(workspace)
+    raw["overlays"] = False
+    config = tmp_path / "report.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    code = main(["report", "--config", str(config), "--out", str(tmp_path / "cli"), "--methods", "gan,perfect",
+                 "--no-progress"])
+    assert code == 0
+    text = (tmp_path / "cli" / "report.md").read_text()
+    assert "Reference masks" in text and "U-Net baseline" not in text
+    assert main(["report", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda raw: raw["methods"][0].update(kind="deeplab"), "kind must be one of"),
+    (lambda raw: raw.update(budgets=[]), "budgets: needs at least one"),
+    (lambda raw: raw["methods"][1]["weights"].update({"118": "x.pt"}), "weights for unknown budgets ['118']"),
+    (lambda raw: raw["test_sets"][1]["pattern"].update(images="mr/nothing_*.nii.gz"), "no file matches"),
+    (lambda raw: raw.update(colour="red"), "unknown keys ['colour']"),
+])
+def test_config_errors_name_the_problem(workspace, change, problem):
+    raw = raw_config(workspace)
+    change(raw)
+    with pytest.raises(InputError, match=problem.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        parse_config(raw, "my_report.yaml")
+
+
+def test_pick_cases_best_median_worst():
+    rows = [{"case": c, "status": "ok", "dice": d} for c, d in
+            [("a", 0.5), ("b", 0.9), ("c", 0.1), ("d", 0.7), ("e", float("nan"))]]
+    rows.append({"case": "f", "status": "failed", "dice": float("nan")})
+    picks = pick_cases(rows)
+    assert [(tag, row["case"]) for tag, row in picks] == [("best", "b"), ("median", "d"), ("worst", "c")]
+    assert [t for t, _ in pick_cases(rows[:1])] == ["best"]  # one case: one panel
