@@ -1,0 +1,268 @@
+"""``medsemgan bench model``: size, FLOPs and step times of the networks, per configuration.
+
+For each configuration: parameter counts, forward FLOPs per image (convolutions and matrix
+products, counted by ``torch.utils.flop_counter``), and the wall time of one generator step
+(G forward + both discriminators + backward), one image-discriminator step and one
+joint-discriminator step, with the fused op path and the reference op path measured in the same
+run, plus the two modulated-convolution forms side by side. ``speedup`` is reference time / fused
+time of the generator step of the first configuration. Steps are unregularised (no R1, no path
+length), as in the cost figures of MISSION.md section 7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from medsemgan.models.build import build_models
+from medsemgan.models.config import load_model_config
+from medsemgan.models.generator import count_parameters
+from medsemgan.models.layers import set_modconv_form
+
+OPS_ENV = "MEDSEMGAN_OPS"
+IMPLS = ("fused", "reference")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configs", default="cpu128,paper256", help="comma-separated model configurations")
+    parser.add_argument("--batch", type=int, default=4, help="batch size for the small configurations")
+    parser.add_argument("--large-batch", type=int, default=1, help="batch size for configurations above 128 px")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--large-repeats", type=int, default=1, help="timed repeats above 128 px")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-forms", action="store_true", help="skip the modulated-conv form comparison")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@contextlib.contextmanager
+def ops_impl(impl: str):
+    """Select the op path for everything called inside: 'reference' forces the pure-PyTorch ops
+    through the documented environment variable; 'fused' leaves the automatic choice."""
+    old = os.environ.get(OPS_ENV)
+    if impl == "reference":
+        os.environ[OPS_ENV] = "reference"
+    else:
+        os.environ.pop(OPS_ENV, None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(OPS_ENV, None)
+        else:
+            os.environ[OPS_ENV] = old
+
+
+def resolved_impl() -> str:
+    """The op mode in force (``MEDSEMGAN_OPS`` as the op layer reads it)."""
+    try:
+        from medsemgan.ops import loader  # the op layer's dispatcher
+    except ImportError:
+        return "reference (no compiled op layer)"
+    mode = getattr(loader, "mode", None)
+    return str(mode()) if callable(mode) else "unknown"
+
+
+def _median_time(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds) of ``repeats`` calls after one warm-up call.
+
+    CPU time is reported beside wall time because the machines this runs on are shared: with
+    other jobs running, wall time of a multi-threaded step inflates by large factors (OpenMP
+    threads wait on each other), while single-thread CPU time stays put.
+    """
+    fn()  # warm-up: allocator, lazily built extensions, oneDNN primitive caches
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+class Steps:
+    """The three unregularised training steps, on random data of the right shape."""
+
+    def __init__(self, G, D_image, D_joint, batch: int, style_mixing_prob: float = 0.9):
+        self.G, self.D_image, self.D_joint = G, D_image, D_joint
+        self.batch = batch
+        self.style_mixing_prob = style_mixing_prob
+        res, labels = G.resolution, G.num_labels
+        self.real = torch.randn(batch, G.img_channels, res, res).clamp(-1, 1)
+        self.real_mask = (torch.rand(batch, labels, res, res) > 0.5).float() * 2 - 1
+        self.nets = (G, D_image, D_joint)
+
+    def _zero(self):
+        for net in self.nets:
+            net.zero_grad(set_to_none=True)
+
+    def _z(self):
+        return torch.randn(self.batch, self.G.z_dim)
+
+    def generator(self):
+        self._zero()
+        img, seg = self.G(self._z(), style_mixing_prob=self.style_mixing_prob)
+        loss = F.softplus(-self.D_image(img)).mean()
+        # The joint D must not reach the image head: it sees the detached image.
+        joint = self.D_joint(img.detach(), 2 * torch.sigmoid(seg) - 1)
+        loss = loss - sum(o.mean() for o in joint)
+        loss.backward()
+
+    def image_discriminator(self):
+        self._zero()
+        with torch.no_grad():
+            img, _ = self.G(self._z())
+        loss = F.softplus(self.D_image(img)).mean() + F.softplus(-self.D_image(self.real)).mean()
+        loss.backward()
+
+    def joint_discriminator(self):
+        self._zero()
+        with torch.no_grad():
+            img, seg = self.G(self._z())
+        fake = self.D_joint(img, 2 * torch.sigmoid(seg) - 1)
+        real = self.D_joint(self.real, self.real_mask)
+        loss = sum(F.relu(1 + o).mean() for o in fake) + sum(F.relu(1 - o).mean() for o in real)
+        loss.backward()
+
+    def generator_forward(self):
+        with torch.no_grad():
+            self.G(self._z(), noise_mode="const")
+
+
+def flops_per_image(cfg: dict) -> dict:
+    """Forward FLOPs (convolutions and matrix products) per image, counted at batch 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    G, D_image, D_joint = build_models(cfg)
+    z = torch.randn(1, G.z_dim)
+    out = {}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            img, seg = G(z)
+        out["G_forward"] = int(counter.get_total_flops())
+        with FlopCounterMode(display=False) as counter:
+            D_image(img)
+        out["D_image_forward"] = int(counter.get_total_flops())
+        with FlopCounterMode(display=False) as counter:
+            D_joint(img, seg)
+        out["D_joint_forward"] = int(counter.get_total_flops())
+    return out
+
+
+def time_config(cfg: dict, batch: int, repeats: int, impls=IMPLS, forms: bool = True) -> dict:
+    G, D_image, D_joint = build_models(cfg)
+    steps = Steps(G, D_image, D_joint, batch)
+    result = {
+        "resolution": cfg["resolution"],
+        "batch": batch,
+        "repeats": repeats,
+        "params": {
+            "G": count_parameters(G),
+            "D_image": count_parameters(D_image),
+            "D_joint": count_parameters(D_joint),
+        },
+        "flops_per_image": flops_per_image(cfg),
+        "impls": {},
+    }
+    for impl in impls:
+        with ops_impl(impl):
+            g = _median_time(steps.generator, repeats)
+            di = _median_time(steps.image_discriminator, repeats)
+            dj = _median_time(steps.joint_discriminator, repeats)
+            ran = resolved_impl()
+        train_wall, train_cpu = g[0] + di[0] + dj[0], g[1] + di[1] + dj[1]
+        result["impls"][impl] = {
+            "ran": ran,
+            "g_step_s": round(g[0], 4),
+            "d_image_step_s": round(di[0], 4),
+            "d_joint_step_s": round(dj[0], 4),
+            "train_step_s": round(train_wall, 4),
+            # one iteration consumes `batch` unlabeled images
+            "s_per_kimg": round(train_wall / batch * 1000, 1),
+            "cpu_s": {
+                "g_step": round(g[1], 4),
+                "d_image_step": round(di[1], 4),
+                "d_joint_step": round(dj[1], 4),
+                "train_step": round(train_cpu, 4),
+                "per_kimg": round(train_cpu / batch * 1000, 1),
+            },
+        }
+    if "fused" in result["impls"] and "reference" in result["impls"]:
+        ref, fused = result["impls"]["reference"], result["impls"]["fused"]
+        result["speedup"] = round(ref["g_step_s"] / fused["g_step_s"], 3)
+        result["speedup_cpu_time"] = round(ref["cpu_s"]["g_step"] / fused["cpu_s"]["g_step"], 3)
+        result["speedup_train_step"] = round(ref["train_step_s"] / fused["train_step_s"], 3)
+    if forms:
+        result["modconv_forms"] = compare_modconv_forms(steps, repeats, cfg["generator"]["modconv_form"])
+    return result
+
+
+def compare_modconv_forms(steps: Steps, repeats: int, default_form: str) -> dict:
+    """G forward (no grad) and G step with each modulated-conv form, default op path."""
+    out = {}
+    for form in ("batched", "grouped"):
+        set_modconv_form(steps.G, form)
+        fwd = _median_time(steps.generator_forward, repeats)
+        step = _median_time(steps.generator, repeats)
+        out[form] = {
+            "g_forward_s": round(fwd[0], 4),
+            "g_step_s": round(step[0], 4),
+            "cpu_s": {"g_forward": round(fwd[1], 4), "g_step": round(step[1], 4)},
+        }
+    set_modconv_form(steps.G, default_form)
+    for key in ("g_forward", "g_step"):
+        out[f"grouped_over_batched_{key}"] = round(out["grouped"][f"{key}_s"] / out["batched"][f"{key}_s"], 3)
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    started = time.perf_counter()
+    result = {
+        "benchmark": "model",
+        "command": " ".join(["medsemgan", "bench", "model"] + sys.argv[3:]) if sys.argv else "",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "note": "unregularised steps; s_per_kimg = (G step + D_image step + D_joint step) / batch * 1000",
+        "configs": {},
+    }
+    for name in names:
+        cfg = load_model_config(name)
+        large = cfg["resolution"] > 128
+        batch = args.large_batch if large else args.batch
+        repeats = args.large_repeats if large else args.repeats
+        result["configs"][name] = time_config(cfg, batch, repeats, forms=not args.no_forms)
+    first = result["configs"][names[0]] if names else {}
+    result["speedup"] = first.get("speedup")
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    return result
