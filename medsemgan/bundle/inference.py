@@ -42,8 +42,10 @@ def load_network(bundle_root: str | os.PathLike, model_config: str | None = None
     from medsemgan.inference.model import resolve_device
     from medsemgan.inference.segment import load_model
 
-    args = argparse.Namespace(bundle=os.fspath(bundle_root), config=model_config,
-                              generator=generator, encoder=encoder)
+    from medsemgan.bundle.options import as_optional_str
+
+    args = argparse.Namespace(bundle=os.fspath(bundle_root), config=as_optional_str(model_config),
+                              generator=as_optional_str(generator), encoder=as_optional_str(encoder))
     model = load_model(args)
     return model if device is None else model.to(resolve_device(device))
 
@@ -61,15 +63,19 @@ def make_inferer(network, steps: int | None = None, encoder_only: bool = False,
                  **tto: Any):
     """``TTOInferer`` with the options ``segment_volume`` would use for the same settings
     (``None`` = the model configuration's ``inference:`` value)."""
+    from medsemgan.bundle.options import as_bool, as_optional_int
     from medsemgan.inference.inferer import TTOInferer
 
-    if steps is not None and int(steps) < 0:
-        raise InputError(None, f"steps must be >= 0, got {steps}")
-    if batch_size is not None and int(batch_size) < 1:
-        raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
-    options = segment_options(steps, encoder_only, batch_size, seed, **tto)
+    steps, batch_size = as_optional_int(steps, "steps"), as_optional_int(batch_size, "batch_size")
+    seed = as_optional_int(seed, "seed")
+    if steps is not None and steps < 0:
+        raise InputError(None, f"--steps must be >= 0, got {steps}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(None, f"--batch_size must be >= 1, got {batch_size}")
+    options = segment_options(steps, as_bool(encoder_only, "encoder_only"), batch_size, seed, **tto)
     cfg = network.config.inference
-    return TTOInferer(options.tto_options(cfg), batch_size=options.slice_batch(cfg), progress=bool(progress))
+    return TTOInferer(options.tto_options(cfg), batch_size=options.slice_batch(cfg),
+                      progress=as_bool(progress, "progress"))
 
 
 def ood_threshold(network) -> float:

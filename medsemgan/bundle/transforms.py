@@ -19,6 +19,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, InvertibleTransform, MapTransform
 
+from medsemgan.bundle.options import as_optional_str
 from medsemgan.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ModalityPreprocessd(MapTransform, InvertibleTransform):
             raise ValueError(f"ModalityPreprocessd takes one image key, got {self.keys}")
         self.image_key = self.keys[0]
         self.spatial_size = int(spatial_size)
-        self.modality = modality or None
+        self.modality = as_optional_str(modality)
         self._pipelines: dict[str, Compose] = {}
 
     def pipeline(self, modality: str) -> Compose:
