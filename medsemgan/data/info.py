@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SeriesInstanceUID to read when the folder holds several series")
     parser.add_argument("--label", metavar="PATH", default=None,
                         help="a label volume to check against the image (shape and affine) and summarise")
-    parser.add_argument("--indent", type=int, default=2, help="JSON indentation (0: one line)")
+    parser.add_argument("--indent", type=int, default=2, help="indentation of the JSON keys (0: all on one line)")
 
 
 def _round(values, digits: int = 4) -> list[float]:
@@ -113,5 +113,14 @@ def describe_label(image, label_path: str | os.PathLike) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     info = describe(args.path, args.series, args.label)
-    print(json.dumps(info, indent=args.indent or None))
+    print(format_json(info, args.indent))
     return 0
+
+
+def format_json(info: dict, indent: int = 2) -> str:
+    """One key per line with compact values (shapes and spacings stay on one line); 0: one line."""
+    if not indent:
+        return json.dumps(info)
+    pad = " " * indent
+    lines = [f"{pad}{json.dumps(key)}: {json.dumps(value)}" for key, value in info.items()]
+    return "{\n" + ",\n".join(lines) + "\n}"
