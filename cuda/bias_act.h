@@ -30,6 +30,8 @@ struct BiasActParams {
     double alpha;
     double gain;
     double clamp;      // < 0: no clamp
+    double* row_sums;  // CPU gradient only: sum of dx over each [outer, channel] row (for the
+                       // bias gradient, in the same pass), or null
 };
 
 template <int ACT, bool CLAMP, typename T>

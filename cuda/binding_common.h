@@ -93,7 +93,16 @@ inline BiasActParams bias_act_params(torch::Tensor x, const c10::optional<torch:
     p.alpha = alpha;
     p.gain = gain;
     p.clamp = clamp;
+    p.row_sums = nullptr;
     return p;
+}
+
+// The bias gradient: dx summed over every dim but `dim`, in dx's dtype.
+inline torch::Tensor bias_grad_from(const torch::Tensor& dx, int64_t dim) {
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < dx.dim(); ++d)
+        if (d != dim) dims.push_back(d);
+    return dx.sum(dims);
 }
 
 // Shared argument handling of upfirdn2d(x, k, ...): k is the correlation kernel (flip and gain

@@ -54,7 +54,17 @@ void bias_act_loop(const BiasActParams& p) {
         for (int64_t r = r0; r < r1; ++r) {
             const S* xr = x + r * len;
             S* yr = out + r * len;
-            if (GRAD) {
+            if (GRAD && p.row_sums && !channels_inner) {
+                const S* rr = ref + r * len;
+                double sum = 0;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t i = 0; i < len; ++i) {
+                    const T v = bias_act_gradient<ACT, CLAMP, T>(Cv::load(xr[i]), Cv::load(rr[i]), alpha, gain, clamp);
+                    yr[i] = Cv::store(v);
+                    sum += static_cast<double>(v);
+                }
+                p.row_sums[r] = sum;
+            } else if (GRAD) {
                 const S* rr = ref + r * len;
 #pragma omp simd
                 for (int64_t i = 0; i < len; ++i)
@@ -139,6 +149,25 @@ torch::Tensor bias_act(torch::Tensor x, c10::optional<torch::Tensor> b, c10::opt
     return out;
 }
 
+// Gradient and bias gradient in one pass: (dx, db) with db = dx summed over all dims but `dim`.
+std::vector<torch::Tensor> bias_act_grad_with_bias(torch::Tensor dy, torch::Tensor y, int64_t dim, int64_t act,
+                                                   double alpha, double gain, double clamp) {
+    TORCH_CHECK(dy.device().is_cpu() && y.device().is_cpu(), "medsemgan CPU ops: bias_act got a tensor on ",
+                dy.device(), "; this extension runs on the CPU only");
+    torch::Tensor out;
+    std::vector<torch::Tensor> keep_alive;
+    BiasActParams p = bias_act_params(dy, c10::nullopt, y, dim, act, alpha, gain, clamp, out, keep_alive);
+    if (out.numel() == 0 || p.inner == 1) {
+        // Channels innermost: every row spans all channels, so let torch reduce over rows.
+        if (out.numel() > 0) bias_act_dispatch<true>(p);
+        return {out, bias_grad_from(out, dim)};
+    }
+    torch::Tensor sums = torch::empty({p.outer * p.channels}, dy.options().dtype(torch::kFloat64));
+    p.row_sums = sums.data_ptr<double>();
+    bias_act_dispatch<true>(p);
+    return {out, sums.view({p.outer, p.channels}).sum(0).to(out.scalar_type())};
+}
+
 torch::Tensor upfirdn2d_impl(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x,
                              int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1,
                              bool pixelwise) {
@@ -173,6 +202,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bias_act", &medsemgan::bias_act, "bias + activation (forward, or gradient when ref=y is given)",
           py::arg("x"), py::arg("b"), py::arg("ref"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
           py::arg("gain"), py::arg("clamp"));
+    m.def("bias_act_grad_with_bias", &medsemgan::bias_act_grad_with_bias,
+          "gradient of bias_act from the saved output y, and the bias gradient in the same pass", py::arg("dy"),
+          py::arg("y"), py::arg("dim"), py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
     m.def("upfirdn2d", &medsemgan::upfirdn2d, "upsample, pad, FIR-filter (correlation with k), downsample",
           py::arg("x"), py::arg("k"), py::arg("up_x"), py::arg("up_y"), py::arg("down_x"), py::arg("down_y"),
           py::arg("pad_x0"), py::arg("pad_x1"), py::arg("pad_y0"), py::arg("pad_y1"));

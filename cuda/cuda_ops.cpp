@@ -28,6 +28,12 @@ torch::Tensor bias_act(torch::Tensor x, c10::optional<torch::Tensor> b, c10::opt
     return out;
 }
 
+std::vector<torch::Tensor> bias_act_grad_with_bias(torch::Tensor dy, torch::Tensor y, int64_t dim, int64_t act,
+                                                   double alpha, double gain, double clamp) {
+    torch::Tensor dx = bias_act(dy, c10::nullopt, y, dim, act, alpha, gain, clamp);
+    return {dx, bias_grad_from(dx, dim)};
+}
+
 torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
                         int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
     check_cuda(x, "upfirdn2d", "x");
@@ -48,6 +54,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bias_act", &medsemgan::bias_act, "bias + activation (forward, or gradient when ref=y is given)",
           py::arg("x"), py::arg("b"), py::arg("ref"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
           py::arg("gain"), py::arg("clamp"));
+    m.def("bias_act_grad_with_bias", &medsemgan::bias_act_grad_with_bias,
+          "gradient of bias_act from the saved output y, and the bias gradient", py::arg("dy"), py::arg("y"),
+          py::arg("dim"), py::arg("act"), py::arg("alpha"), py::arg("gain"), py::arg("clamp"));
     m.def("upfirdn2d", &medsemgan::upfirdn2d, "upsample, pad, FIR-filter (correlation with k), downsample",
           py::arg("x"), py::arg("k"), py::arg("up_x"), py::arg("up_y"), py::arg("down_x"), py::arg("down_y"),
           py::arg("pad_x0"), py::arg("pad_x1"), py::arg("pad_y0"), py::arg("pad_y1"));

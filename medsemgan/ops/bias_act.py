@@ -87,41 +87,57 @@ def _compiled_module(x: torch.Tensor, impl: str | None):
 
 
 class _BiasActGradFunction(torch.autograd.Function):
-    """dx = dy * slope(y): linear in dy, so its derivative is the same op on the incoming grad."""
+    """dx = dy * slope(y), and with ``with_bias`` also db = dx summed over all dims but ``dim``
+    (the CPU extension computes it in the same pass). Linear in dy, so its derivative is the same
+    op applied to the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, dy, y, ext, dim, code, alpha, gain, clamp):
+    def forward(ctx, dy, y, ext, dim, code, alpha, gain, clamp, with_bias):
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(y)
         ctx.config = (ext, dim, code, alpha, gain, clamp)
+        if with_bias:
+            dx, db = ext.bias_act_grad_with_bias(dy, y, dim, code, alpha, gain, clamp)
+            return dx, db
         return ext.bias_act(dy, None, y, dim, code, alpha, gain, clamp)
 
     @staticmethod
-    def backward(ctx, ddx):
+    def backward(ctx, ddx, ddb=None):
         (y,) = ctx.saved_tensors
+        ext, dim, code, alpha, gain, clamp = ctx.config
+        total = ddx
+        if ddb is not None:
+            shape = [1] * y.ndim
+            shape[dim] = -1
+            spread = ddb.reshape(shape).expand(y.shape)
+            total = spread if total is None else total + spread
+        if total is None:
+            return (None,) * 9
         # The slope is piecewise constant in y, so y gets no gradient.
-        return (_BiasActGradFunction.apply(ddx, y, *ctx.config),) + (None,) * 7
+        d_dy = _BiasActGradFunction.apply(total.to(y.dtype), y, *ctx.config, False)
+        return (d_dy,) + (None,) * 8
 
 
 class _BiasActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, ext, dim, code, alpha, gain, clamp):
         y = ext.bias_act(x, b, None, dim, code, alpha, gain, clamp)
-        # Linear without clamp has a constant slope: nothing to keep for backward.
+        # Linear without clamp has a constant slope: y is not needed, dy stands in for it.
         needs_y = code != _ACT_CODES["linear"] or clamp >= 0
         ctx.save_for_backward(y if needs_y else None)
         ctx.config = (ext, dim, code, alpha, gain, clamp)
-        ctx.needs_y = needs_y
         ctx.bias_dtype = None if b is None else b.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
-        ext, dim, code, alpha, gain, clamp = ctx.config
-        dx = _BiasActGradFunction.apply(dy, y, *ctx.config) if ctx.needs_y else dy * gain
-        db = None
+        y = dy if y is None else y
         if ctx.needs_input_grad[1]:
-            db = dx.sum([d for d in range(dx.ndim) if d != dim]).to(ctx.bias_dtype)
+            dx, db = _BiasActGradFunction.apply(dy, y, *ctx.config, True)
+            db = db.to(ctx.bias_dtype)
+        else:
+            dx, db = _BiasActGradFunction.apply(dy, y, *ctx.config, False), None
         return (dx if ctx.needs_input_grad[0] else None), db, None, None, None, None, None, None
 
 
