@@ -75,7 +75,7 @@ class MappingNetwork(nn.Module):
     ) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [N, {self.z_dim}], got {tuple(z.shape)}")
-        x = normalize_2nd_moment(z.to(torch.float32))
+        x = normalize_2nd_moment(z)
         for layer in self.layers:
             x = layer(x)
         if update_w_avg:
@@ -209,8 +209,10 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x.to(memory_format=memory_format), next(w_iter), noise_mode)
         x = self.conv1(x, next(w_iter), noise_mode)
         w_heads = next(w_iter)
-        y_img = self.to_rgb(x, w_heads).to(torch.float32)
-        y_seg = self.to_seg(x, w_heads).to(torch.float32)
+        # Skip sums accumulate in at least float32, also when the features are half precision.
+        out_dtype = torch.promote_types(x.dtype, torch.float32)
+        y_img = self.to_rgb(x, w_heads).to(out_dtype)
+        y_seg = self.to_seg(x, w_heads).to(out_dtype)
         if img is not None:
             y_img = y_img + upsample2d(img, self.resample_filter)
             y_seg = y_seg + upsample2d(seg, self.resample_filter)
