@@ -83,12 +83,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     folder = os.fspath(folder)
     series_reader = sitk.ImageSeriesReader()
     # GDCM warns on stderr for folders without DICOM; the caller reports that case itself
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        uids = series_reader.GetGDCMSeriesIDs(folder)
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    uids = _quiet(lambda: series_reader.GetGDCMSeriesIDs(folder))
     found = []
     for uid in uids:
         files = list(series_reader.GetGDCMSeriesFileNames(folder, uid))
@@ -180,7 +175,9 @@ class SimpleITKReader(ImageReader):
             series = select_series(path, self.series_uid)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(series.files)
-            image = _execute(reader.Execute, path)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = _execute(lambda: _quiet(reader.Execute), path)
+            _check_even_spacing(reader, image, series, path)
             tags = {TAG_MODALITY: series.modality, TAG_SERIES_UID: series.uid}
             return SitkVolume(image, path, "dicom-series", series=series, tags=tags)
         image = _execute(lambda: sitk.ReadImage(path), path)
@@ -229,6 +226,40 @@ def sitk_to_monai(volume: SitkVolume) -> tuple[np.ndarray, dict]:
         "series_uid": volume.tags.get(TAG_SERIES_UID, ""),
     }
     return array, meta
+
+
+def _check_even_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, series: DicomSeries, path: str) -> None:
+    """Refuse series with gaps or repeats: ITK would space them by the average step, misplacing
+    slices. (ITK's own flag fires on float jitter of 1e-12 mm, e.g. in IRCAD, so it is not used.)"""
+    if len(series.files) < 3:
+        return
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    try:
+        positions = np.array(
+            [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(len(series.files))]
+        )
+    except (RuntimeError, ValueError):
+        return  # no per-slice positions to check (e.g. multi-frame); ITK's geometry stands
+    steps = np.diff(positions @ normal)
+    typical = float(np.median(steps))
+    worst = int(np.argmax(np.abs(steps - typical)))
+    if typical <= 0 or abs(steps[worst] - typical) > max(0.05 * typical, 0.01):
+        raise InputError(
+            path,
+            f"slices of series {series.uid!r} are not evenly spaced: {steps[worst]:.3g} mm between "
+            f"{os.path.basename(series.files[worst])} and {os.path.basename(series.files[worst + 1])}, "
+            f"{typical:.3g} mm elsewhere (missing or duplicated slices?)",
+        )
+
+
+def _quiet(call):
+    """Run a SimpleITK call with ITK's own stderr warnings off (problems are reported by us)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return call()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _execute(call, path: str) -> sitk.Image:

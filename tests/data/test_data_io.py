@@ -170,6 +170,14 @@ def _dicom_folder_without_pixels(tmp):
     return [str(tmp / "headers")], "no pixel data"
 
 
+def _series_with_gap(tmp):
+    folder = tmp / "gap"
+    folder.mkdir()
+    for k, z in enumerate([0.0, 2.0, 4.0, 8.0, 10.0]):  # the slice at z = 6 is missing
+        write_ct_slice(folder / f"g{k}.dcm", "1.2.826.0.4.1", z, np.zeros((16, 20), np.int16), instance=k + 1)
+    return [str(folder)], "not evenly spaced"
+
+
 BAD_INPUTS = {
     "missing path": _missing,
     "text file named .nii.gz": _text_as_nifti,
@@ -183,6 +191,7 @@ BAD_INPUTS = {
     "label affine mismatch": _label_affine,
     "DICOM without pixel data": _dicom_without_pixels,
     "DICOM folder without pixel data": _dicom_folder_without_pixels,
+    "DICOM series with a missing slice": _series_with_gap,
 }
 
 
