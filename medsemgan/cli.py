@@ -18,6 +18,7 @@ from medsemgan.errors import InputError
 # verb -> (module, one-line help). Add a verb here when its module exists and works.
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
+    "demo": ("medsemgan.bundle.demo", "segment the sample study shipped with the bundle (and real studies if present)"),
     "info": ("medsemgan.data.info", "describe a CT/MRI volume as JSON: format, shape, spacing, orientation, modality, series"),
     "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
     "segment": ("medsemgan.inference.segment", "segment the liver: NIfTI/NRRD/DICOM study in, NIfTI mask out"),
