@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ops": ("medsemgan.bench.ops", "custom ops (bias_act, upfirdn2d): compiled CPU path vs reference"),
     "model": ("medsemgan.bench.model", "networks per configuration: parameters, FLOPs, G/D step times, fused vs reference ops, modulated-conv forms"),
     "infer": ("medsemgan.bench.infer", "segmentation speed: seconds per MRI/CT volume, batched vs one slice at a time"),
+    "train": ("medsemgan.bench.train", "GAN training step: s/kimg with all speed levers vs the reference path"),
 }
 
 

@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run directory (default: runs/gan_<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images (overrides training.kimg)")
-    parser.add_argument("--labeled", type=int, default=None,
-                        help="labeled slices for the joint discriminator (overrides data.labeled_budget)")
+    parser.add_argument("--labeled", default=None, metavar="N|slices:N|volumes:K|all",
+                        help="labeled data for the joint discriminator, in the paper's terms: N slices, "
+                             "K volumes, or all (overrides data.labeled_budget)")
     parser.add_argument("--batch", type=int, default=None, help="global batch size (overrides training.batch_size)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides training.device)")
     parser.add_argument("--data", default=None, help="data root (overrides data.root)")
@@ -26,7 +27,7 @@ def apply_overrides(config: dict, args: argparse.Namespace) -> dict:
     if args.kimg is not None:
         t["kimg"] = args.kimg
     if args.labeled is not None:
-        d["labeled_budget"] = args.labeled
+        d["labeled_budget"] = int(args.labeled) if args.labeled.strip().isdigit() else args.labeled
     if args.batch is not None:
         t["batch_size"] = args.batch
     if args.device is not None:

@@ -93,6 +93,12 @@ def levers_from(training: dict) -> dict[str, bool]:
     if unknown:
         raise ValueError(f"unknown levers {unknown}; known: {list(LEVER_KEYS)}")
     flags.update({k: bool(v) for k, v in overrides.items()})
+    if flags["compile"]:
+        raise ValueError(
+            "levers.compile is not supported: torch.compile cannot run the double backward of R1 "
+            "and path length, and compiling the other passes took minutes per network on this CPU "
+            "(docs/training.md, 'Speed')"
+        )
     return flags
 
 

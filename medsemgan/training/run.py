@@ -99,15 +99,20 @@ def load_training_tensors(config: dict, resolution: int) -> dict[str, torch.Tens
             resolution, int(data["synthetic_unlabeled"]), int(data["synthetic_labeled"]),
             seed=int(config["training"]["seed"]),
         )
-    from medsemgan.data.slices import training_tensors
-    from medsemgan.paths import data_root
+    from medsemgan.data.slices import LabeledBudget, training_tensors
+    from medsemgan.paths import cache_dir, data_root
 
     root = data["root"] or data_root()
     if root is None:
         raise InputError(None, "no CT data: set data.root, $MEDSEMGAN_DATA, or place the studies at ../shared/data")
     if not Path(root).is_dir():
         raise InputError(root, "data.root is not a folder")
-    return training_tensors(root, resolution, data["labeled_budget"], cache_dir=data["cache_dir"])
+    try:
+        budget = LabeledBudget.parse(data["labeled_budget"])
+    except ValueError as err:
+        raise InputError(config.get("_source"), f"data.labeled_budget: {err}") from None
+    cache = data["cache_dir"] or (cache_dir() / "training_tensors")
+    return training_tensors(root, resolution, budget, cache_dir=cache)
 
 
 def build_networks(config: dict):
