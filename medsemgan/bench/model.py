@@ -234,8 +234,14 @@ def machine() -> dict:
                     break
     except OSError:
         pass
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
     return {
         "cpu": cpu,
+        # Other jobs on a shared machine inflate wall times; see the cpu_s figures then.
+        "load_average_1_5_15min": load,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -265,4 +271,5 @@ def run(args: argparse.Namespace) -> dict:
     first = result["configs"][names[0]] if names else {}
     result["speedup"] = first.get("speedup")
     result["total_s"] = round(time.perf_counter() - started, 1)
+    result["load_average_at_end"] = machine()["load_average_1_5_15min"]
     return result
