@@ -43,7 +43,7 @@ class TTOOptions:
     mse_weight: float = 0.1
     encoder_weight: float = 0.0  # ||w+ - E(G(w+))||^2 (costs one encoder pass per step)
     early_stop_patience: int = 0  # 0 = off; else steps without improvement before a slice stops
-    early_stop_rel_tol: float = 1e-3  # an improvement must beat the best loss by this fraction
+    early_stop_rel_tol: float = 1e-3  # improvement (fraction of the best loss) that resets patience
     noise_mode: str = "const"  # generator noise; 'const' keeps slices independent and repeatable
     bf16: bool = False  # bfloat16 autocast on CPU / CUDA for the generator and encoder
     seed: int = 0
@@ -87,7 +87,8 @@ def learning_rate(step: int, steps: int, options: TTOOptions) -> float:
     ramp = min(1.0, (1.0 - t) / options.lr_rampdown) if options.lr_rampdown > 0 else 1.0
     ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
     if options.lr_rampup > 0:
-        ramp *= min(1.0, t / options.lr_rampup)
+        # (step + 1): the projector's first step has lr 0, a waste when K is small.
+        ramp *= min(1.0, (step + 1) / max(1, steps) / options.lr_rampup)
     return options.lr * ramp
 
 
@@ -194,15 +195,17 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor, opt
         if best_image is None:
             best_image = torch.zeros((n, *image.shape[1:]), device=device)
             best_logits = torch.zeros((n, *logits.shape[1:]), device=device)
-        improved = loss < best_loss[active] - options.early_stop_rel_tol * best_loss[active].abs()
-        # The first evaluation always counts (best_loss is inf there; inf - inf is nan).
-        improved |= torch.isinf(best_loss[active])
+        previous = best_loss[active]
+        # Any decrease makes a new best; only a decrease by the relative tolerance resets the
+        # early-stopping patience (the first evaluation counts as both; inf - inf is nan).
+        improved = loss < previous
+        significant = (loss < previous - options.early_stop_rel_tol * previous.abs()) | torch.isinf(previous)
         idx = active[improved]
         best_loss[idx] = loss[improved]
         best_ws[idx] = w_active.detach()[improved]
         best_image[idx] = image.detach()[improved]
         best_logits[idx] = logits.detach()[improved]
-        since_best[active] = torch.where(improved, 0, since_best[active] + 1)
+        since_best[active] = torch.where(significant, 0, since_best[active] + 1)
         if last:
             break
 
