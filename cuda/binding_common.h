@@ -106,22 +106,28 @@ inline torch::Tensor bias_grad_from(const torch::Tensor& dx, int64_t dim) {
 }
 
 // Shared argument handling of upfirdn2d(x, k, ...): k is the correlation kernel (flip and gain
-// already applied by the caller), x is [N, C, H, W].
+// already applied by the caller), x is [N, C, H, W]. A channels-last x keeps its layout (and
+// gets a channels-last output) when the caller's loops support it.
 inline Upfirdn2dParams upfirdn2d_params(torch::Tensor& x, torch::Tensor& k, torch::Tensor& out, int64_t up_x,
                                         int64_t up_y, int64_t down_x, int64_t down_y, int64_t pad_x0,
-                                        int64_t pad_x1, int64_t pad_y0, int64_t pad_y1) {
+                                        int64_t pad_x1, int64_t pad_y0, int64_t pad_y1,
+                                        bool allow_channels_last) {
     TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be [N, C, H, W], got ", x.dim(), " dimensions");
     TORCH_CHECK(k.dim() == 2, "upfirdn2d: the kernel must be 2-D");
     TORCH_CHECK(up_x >= 1 && up_y >= 1 && down_x >= 1 && down_y >= 1, "upfirdn2d: up and down must be >= 1");
     TORCH_CHECK(k.device() == x.device(), "upfirdn2d: filter and x are on different devices");
-    x = x.contiguous();
+    const bool channels_last = allow_channels_last && !x.is_contiguous() &&
+                               x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!channels_last) x = x.contiguous();
     k = k.to(compute_type(x)).contiguous();
     const int64_t in_h = x.size(2), in_w = x.size(3), k_h = k.size(0), k_w = k.size(1);
     const int64_t span_h = in_h * up_y + pad_y0 + pad_y1 - k_h;
     const int64_t span_w = in_w * up_x + pad_x0 + pad_x1 - k_w;
     TORCH_CHECK(span_h >= 0 && span_w >= 0, "upfirdn2d: the padded input is smaller than the filter");
     const int64_t out_h = span_h / down_y + 1, out_w = span_w / down_x + 1;
-    out = torch::empty({x.size(0), x.size(1), out_h, out_w}, x.options());
+    out = torch::empty({x.size(0), x.size(1), out_h, out_w},
+                       x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                               : at::MemoryFormat::Contiguous));
     Upfirdn2dParams p;
     p.x = x.data_ptr();
     p.k = k.data_ptr();
@@ -140,6 +146,8 @@ inline Upfirdn2dParams upfirdn2d_params(torch::Tensor& x, torch::Tensor& k, torc
     p.k_h = static_cast<int>(k_h);
     p.k_w = static_cast<int>(k_w);
     p.dtype = dtype_code(x);
+    p.channels = static_cast<int>(x.size(1));
+    p.channels_last = channels_last ? 1 : 0;
     return p;
 }
 

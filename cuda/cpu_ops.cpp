@@ -113,6 +113,27 @@ void upfirdn2d_loop(const Upfirdn2dParams& p, bool pixelwise) {
     const S* x = static_cast<const S*>(p.x);
     const T* k = static_cast<const T*>(p.k);
     S* out = static_cast<S*>(p.out);
+    if (p.channels_last) {
+        // [N, H, W, C]: one row = one output image row, every pixel all channels at once.
+        const int64_t rows = p.planes / p.channels * p.out_h;
+        const int64_t grain = std::max<int64_t>(1, kGrainElements / (8 * std::max<int64_t>(1, (int64_t)p.out_w * p.channels)));
+        at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+            std::vector<T> acc(p.channels);
+            for (int64_t r = r0; r < r1; ++r) {
+                const int64_t n = r / p.out_h;
+                const int oy = static_cast<int>(r % p.out_h);
+                const S* image = x + n * p.in_h * p.in_w * p.channels;
+                S* yr = out + r * p.out_w * p.channels;
+                for (int ox = 0; ox < p.out_w; ++ox) {
+                    upfirdn2d_pixel_channels<T, S>(image, k, p, oy, ox, acc.data());
+                    S* y = yr + (int64_t)ox * p.channels;
+#pragma omp simd
+                    for (int c = 0; c < p.channels; ++c) y[c] = Convert<T, S>::store(acc[c]);
+                }
+            }
+        });
+        return;
+    }
     const bool by_rows = !pixelwise && upfirdn2d_row_supported(p);
     const int64_t rows = p.planes * p.out_h;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / (8 * std::max(p.out_w, 1)));
@@ -174,7 +195,7 @@ torch::Tensor upfirdn2d_impl(torch::Tensor x, torch::Tensor k, int64_t up_x, int
     TORCH_CHECK(x.device().is_cpu(), "medsemgan CPU ops: upfirdn2d got a tensor on ", x.device(),
                 "; this extension runs on the CPU only");
     torch::Tensor out;
-    Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
+    Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, true);
     if (out.numel() == 0) return out;
     switch (p.dtype) {
         case kFloat32: upfirdn2d_loop<float, float>(p, pixelwise); break;

@@ -40,7 +40,7 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor k, int64_t up_x, int64_t 
     check_cuda(k, "upfirdn2d", "the filter");
     const c10::cuda::CUDAGuard guard(x.device());
     torch::Tensor out;
-    Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
+    Upfirdn2dParams p = upfirdn2d_params(x, k, out, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, false);
     if (out.numel() == 0) return out;
     const cudaError_t err = launch_upfirdn2d(p, c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "upfirdn2d CUDA kernel launch failed: ", cudaGetErrorString(err));

@@ -12,7 +12,7 @@
 namespace medsemgan {
 
 struct Upfirdn2dParams {
-    const void* x;     // [planes, in_h, in_w], contiguous
+    const void* x;     // [planes, in_h, in_w], contiguous (or [N, in_h, in_w, C], see channels_last)
     const void* k;     // [k_h, k_w] correlation kernel in the compute type
     void* out;         // [planes, out_h, out_w], contiguous
     long long planes;
@@ -21,6 +21,8 @@ struct Upfirdn2dParams {
     int pad_x0, pad_y0;
     int k_h, k_w;
     int dtype;         // DType of x and out
+    int channels;      // C
+    int channels_last; // 1: x and out are [N, H, W, C] in memory (CPU extension only)
 };
 
 // First tap index t >= 0 such that (u0 + t) is a non-negative multiple of `up`.
@@ -98,6 +100,30 @@ MSG_HD void upfirdn2d_row(const S* plane, const ACC* k, const Upfirdn2dParams& p
                 MSG_SIMD
                 for (int m = 0; m < count; ++m) a[m * ostep] += kv * Convert<ACC, S>::load(in[m]);
             }
+        }
+    }
+}
+
+// Channels-last order: all C channels of output pixel (oy, ox) of one image ([in_h, in_w, C] in
+// memory), taps outer and channels inner, so the inner loop is contiguous and vectorises.
+template <typename ACC, typename S>
+MSG_HD void upfirdn2d_pixel_channels(const S* image, const ACC* k, const Upfirdn2dParams& p, int oy, int ox,
+                                     ACC* acc) {
+    const int C = p.channels;
+    for (int c = 0; c < C; ++c) acc[c] = ACC(0);
+    const int uy0 = oy * p.down_y - p.pad_y0;
+    const int ux0 = ox * p.down_x - p.pad_x0;
+    const int ty0 = upfirdn2d_first_tap(uy0, p.up_y);
+    const int tx0 = upfirdn2d_first_tap(ux0, p.up_x);
+    int iy = (uy0 + ty0) / p.up_y;
+    for (int ty = ty0; ty < p.k_h && iy < p.in_h; ty += p.up_y, ++iy) {
+        const ACC* krow = k + (long long)ty * p.k_w;
+        int ix = (ux0 + tx0) / p.up_x;
+        for (int tx = tx0; tx < p.k_w && ix < p.in_w; tx += p.up_x, ++ix) {
+            const S* px = image + ((long long)iy * p.in_w + ix) * C;
+            const ACC kv = krow[tx];
+            MSG_SIMD
+            for (int c = 0; c < C; ++c) acc[c] += kv * Convert<ACC, S>::load(px[c]);
         }
     }
 }

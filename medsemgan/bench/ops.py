@@ -34,11 +34,15 @@ BIAS_ACT_BF16_CASES = {
 }
 # name -> (op, shape): upsampling before a 3x3 conv, the image/label skip upsampling,
 # the discriminator's low-pass before a stride-2 conv, and a plain blur.
+# The `_cl` cases use channels-last tensors (the training's `channels_last` lever).
 UPFIRDN_CASES = {
-    "upsample2d_4x256x32x32": ("up", [4, 256, 32, 32]),
-    "upsample2d_skip_4x2x64x64": ("up", [4, 2, 64, 64]),
-    "downsample2d_4x64x128x128": ("down", [4, 64, 128, 128]),
-    "filter2d_4x128x64x64": ("filter", [4, 128, 64, 64]),
+    "upsample2d_4x256x32x32": ("up", [4, 256, 32, 32], False),
+    "upsample2d_skip_4x2x64x64": ("up", [4, 2, 64, 64], False),
+    "downsample2d_4x64x128x128": ("down", [4, 64, 128, 128], False),
+    "filter2d_4x128x64x64": ("filter", [4, 128, 64, 64], False),
+    "upsample2d_4x256x32x32_cl": ("up", [4, 256, 32, 32], True),
+    "downsample2d_4x64x128x128_cl": ("down", [4, 64, 128, 128], True),
+    "filter2d_4x128x64x64_cl": ("filter", [4, 128, 64, 64], True),
 }
 
 
@@ -70,11 +74,12 @@ def _bias_act_step(shape, dtype, impl):
     return step
 
 
-def _upfirdn_step(op, shape, impl):
+def _upfirdn_step(op, shape, channels_last, impl):
     f = setup_filter([1, 3, 3, 1])
     fn = {"up": upsample2d, "down": downsample2d, "filter": filter2d}[op]
-    x = torch.randn(shape, requires_grad=True)
-    dy = torch.randn(fn(x.detach(), f, impl="reference").shape)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape).to(memory_format=layout).requires_grad_()
+    dy = torch.randn(fn(x.detach(), f, impl="reference").shape).to(memory_format=layout)
 
     def step():
         x.grad = None
@@ -114,9 +119,11 @@ def run(args: argparse.Namespace) -> dict:
             {p: _bias_act_step(shape, dtype, p) for p in ("reference", "fused")}, repeats
         )
         results[name] = _summarise(shape, dtype, ms)
-    for name, (op, shape) in UPFIRDN_CASES.items():
+    for name, (op, shape, channels_last) in UPFIRDN_CASES.items():
         shape = _shrink(shape, args.quick)
-        ms = _time_interleaved({p: _upfirdn_step(op, shape, p) for p in ("reference", "fused", "conv")}, repeats)
+        ms = _time_interleaved(
+            {p: _upfirdn_step(op, shape, channels_last, p) for p in ("reference", "fused", "conv")}, repeats
+        )
         results[name] = _summarise(shape, torch.float32, ms)
 
     def total(names, path):

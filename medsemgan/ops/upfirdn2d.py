@@ -116,6 +116,10 @@ def upfirdn2d_reference(
     return x[:, :, ::downy, ::downx]
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class ConvBackend:
     """upfirdn2d as one depthwise strided convolution (down/filter) or depthwise strided
     transposed convolution (up): no zero-inserted intermediate, no per-pixel index arithmetic.
@@ -133,7 +137,10 @@ class ConvBackend:
             # zero-inserted input with k; the padding then becomes a crop (or zero pad) of it.
             y = F.conv_transpose2d(x, weight.flip([2, 3]), stride=(up_y, up_x), groups=c)
             y = F.pad(y, [pad_x0 - (k_w - 1), pad_x1 - k_w + up_x, pad_y0 - (k_h - 1), pad_y1 - k_h + up_y])
-            return y[:, :, ::down_y, ::down_x] if (down_x > 1 or down_y > 1) else y
+            if down_x > 1 or down_y > 1:
+                layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+                y = y[:, :, ::down_y, ::down_x].contiguous(memory_format=layout)
+            return y
         if pad_x0 == pad_x1 >= 0 and pad_y0 == pad_y1 >= 0:
             return F.conv2d(x, weight, stride=(down_y, down_x), padding=(pad_y0, pad_x0), groups=c)
         return F.conv2d(F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1]), weight, stride=(down_y, down_x), groups=c)

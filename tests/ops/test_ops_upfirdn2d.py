@@ -69,6 +69,24 @@ def test_cuda_kernel_pixel_math_matches_reference_float64(cpu_ext, gen, shape, f
     assert rel_err(out, ref) <= 1e-6, f"seed {gen.initial_seed()}"
 
 
+@pytest.mark.parametrize("impl", ["fused", "conv"])
+@pytest.mark.parametrize("shape,fspec,up,down,padding,flip,gain", CONFIGS[:6])
+def test_channels_last_matches_reference_and_keeps_layout(cpu_ext, gen, impl, shape, fspec, up, down, padding, flip, gain):
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    f = _filter(fspec, gen)
+    kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = upfirdn2d_reference(xr, f, **kwargs)
+    out = upfirdn2d(xf, f, impl=impl, **kwargs)
+    assert rel_err(out, ref) <= 1e-6, f"seed {gen.initial_seed()}"
+    if shape[1] > 1:  # with one channel both layouts are the same
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(memory_format=torch.channels_last)
+    ref.backward(dy)
+    out.backward(dy)
+    assert rel_err(xf.grad, xr.grad) <= 1e-6, f"seed {gen.initial_seed()}"
+
+
 def test_fused_runs_the_extension_forward_and_backward(cpu_ext, monkeypatch):
     calls = []
     real = cpu_ext.upfirdn2d
