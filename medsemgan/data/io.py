@@ -116,7 +116,8 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> MetaT
     _check_finite(array, path)
     meta[ImageMetaKey.FILENAME_OR_OBJ] = os.fspath(path)
     meta["dtype"] = str(array.dtype)
-    image = MetaTensor(torch.from_numpy(array.astype(np.float32, copy=False)), meta=meta)
+    # C-contiguous once here: SimpleITK arrays arrive transposed, and every later op is faster
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), meta=meta)
     image.meta["format"] = image.meta.get("format", fmt)
     return image
 
