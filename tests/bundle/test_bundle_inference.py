@@ -1,0 +1,98 @@
+"""inference.json: properties, NIfTI + DICOM input, input geometry, identical to `medsemgan segment`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from bundle_fixtures import load_nifti
+
+from medsemgan.data.io import load_image
+
+
+def _run_inference(bundle, dataset_dir, output_dir, **override):
+    from bundle_fixtures import run_workflow
+
+    workflow, missing = run_workflow(bundle, "inference.json", "infer", dataset_dir=str(dataset_dir),
+                                     output_dir=str(output_dir), device="cpu", **override)
+    assert missing == [], f"inference.json lacks required properties: {missing}"
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def _segment_cli(bundle, dataset_dir, output_dir, *extra):
+    from medsemgan.cli import main
+
+    return main(["segment", "-i", str(dataset_dir), "-o", str(output_dir), "--bundle", str(bundle),
+                 "--device", "cpu", "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def bundle_run(tiny_bundle, studies_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle_out")
+    _run_inference(tiny_bundle, studies_dir, out)
+    return out
+
+
+def test_every_study_gets_a_mask_in_its_input_geometry(bundle_run, studies_dir):
+    for case, source in (("phantom_ct", studies_dir / "phantom_ct.nii.gz"),
+                         ("phantom_dicom", studies_dir / "phantom_dicom")):
+        mask, affine = load_nifti(bundle_run / f"{case}.nii.gz")
+        image = load_image(source)
+        assert mask.dtype == np.uint8
+        assert mask.shape == tuple(image.shape[1:])
+        np.testing.assert_allclose(affine, image.affine.numpy(), atol=1e-4)
+        assert set(np.unique(mask)) <= {0, 1}
+        # A mask of all zeros or all ones would make the comparisons below meaningless.
+        assert 0 < mask.sum() < mask.size, case
+        record = json.loads((bundle_run / f"{case}.json").read_text())
+        assert record["modality"] == "CT" and record["liver_voxels"] == int(mask.sum())
+        assert len(record["recon_mse"]) == mask.shape[2]
+
+
+def test_masks_identical_to_medsemgan_segment(bundle_run, tiny_bundle, studies_dir, tmp_path):
+    assert _segment_cli(tiny_bundle, studies_dir, tmp_path) == 0
+    for case in ("phantom_ct", "phantom_dicom"):
+        bundle_mask, bundle_affine = load_nifti(bundle_run / f"{case}.nii.gz")
+        cli_mask, cli_affine = load_nifti(tmp_path / f"{case}.nii.gz")
+        assert np.array_equal(bundle_mask, cli_mask), case
+        assert np.array_equal(bundle_affine, cli_affine), case
+
+
+def test_overrides_match_segment_options(tiny_bundle, studies_dir, tmp_path):
+    """--steps/--seed/--batch_size reach the same options as the segment flags (and change the
+    result, so the override is not silently ignored)."""
+    single = tmp_path / "in"
+    single.mkdir()
+    (single / "phantom_ct.nii.gz").symlink_to(studies_dir / "phantom_ct.nii.gz")
+    workflow = _run_inference(tiny_bundle, single, tmp_path / "bundle", steps=6, seed=7, batch_size=2)
+    options = workflow.inferer.options
+    assert (options.steps, options.seed, workflow.inferer.batch_size) == (6, 7, 2)
+    assert _segment_cli(tiny_bundle, single, tmp_path / "cli", "--steps", "6", "--seed", "7",
+                        "--batch-size", "2") == 0
+    bundle_mask, _ = load_nifti(tmp_path / "bundle" / "phantom_ct.nii.gz")
+    cli_mask, _ = load_nifti(tmp_path / "cli" / "phantom_ct.nii.gz")
+    assert np.array_equal(bundle_mask, cli_mask)
+    encoder_only = _run_inference(tiny_bundle, single, tmp_path / "k0", steps="0")  # as the CLI passes it
+    assert encoder_only.inferer.options.steps == 0
+    k0_mask, _ = load_nifti(tmp_path / "k0" / "phantom_ct.nii.gz")
+    assert not np.array_equal(k0_mask, bundle_mask)
+
+
+def test_missing_weights_is_a_clear_error(tmp_path, studies_dir):
+    from bundle_fixtures import copy_bundle, run_workflow
+
+    from medsemgan.errors import InputError
+
+    empty = copy_bundle(tmp_path / "bundle")
+    with pytest.raises(Exception) as info:
+        run_workflow(empty, "inference.json", "infer", dataset_dir=str(studies_dir),
+                     output_dir=str(tmp_path / "out"), device="cpu")
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    found = [e for e in chain if isinstance(e, InputError)]
+    assert found and "generator.pt" in str(found[0]) and "no trained generator weights" in str(found[0])
