@@ -11,6 +11,8 @@ One iteration, every phase with its own Adam step:
    the label output; every ``pl_interval`` iterations a path-length step;
 4. EMA of the generator.
 
+Both discriminator phases score generated samples from one shared no-grad generator pass.
+
 Each phase sets ``requires_grad`` of all three networks itself, so a regulariser can never run
 against frozen weights (the official code's image-D R1 did, and changed nothing).
 Masks enter the joint D in [-1, 1]: real ``2m - 1``, generated ``2 sigmoid(logits) - 1``.
@@ -168,13 +170,24 @@ class GanTrainer:
 
     # --- phases --------------------------------------------------------------------------------
 
-    def d_image_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def discriminator_fakes(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One no-grad batch of generated (image, label logits) for both discriminator phases.
+
+        The image D step does not change G, so the joint D may see samples of the same batch:
+        one generator forward per iteration instead of two, same distribution.
+        """
+        with torch.no_grad(), self._amp():
+            _, image, logits = self._generate(n)
+        return self._mf(image), self._mf(logits)
+
+    def d_image_step(self, real: torch.Tensor, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self._phase(self.D_image)
+        if fake is None:
+            fake = self.discriminator_fakes(real.shape[0])[0]
         with self._amp():
-            with torch.no_grad():
-                _, fake, _ = self._generate(real.shape[0])
+            # Reals and fakes in separate passes: the minibatch-std layer must not mix them.
             real_logits = self.D_image(self._augment(real)[0])
-            fake_logits = self.D_image(self._augment(self._mf(fake))[0])
+            fake_logits = self.D_image(self._augment(fake)[0])
             loss = losses.logistic_d_loss(real_logits, fake_logits)
         self._apply(loss, self.D_image, self.opt_D_image)
         return {
@@ -193,15 +206,21 @@ class GanTrainer:
         self._apply(penalty * (float(self.t["r1_gamma_image"]) / 2) * interval, self.D_image, self.opt_D_image)
         return {"reg/r1_image": penalty.detach()}
 
-    def d_joint_step(self, image: torch.Tensor, mask01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def d_joint_step(
+        self, image: torch.Tensor, mask01: torch.Tensor, fakes: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         self._phase(self.D_joint)
+        n = image.shape[0]
+        fake_image, fake_logits = fakes if fakes is not None else self.discriminator_fakes(n)
         with self._amp():
-            with torch.no_grad():
-                _, fake_image, fake_logits = self._generate(image.shape[0])
             real_pair = self._augment(image, self.real_mask_input(mask01))
-            fake_pair = self._augment(self._mf(fake_image), self._mf(self.fake_mask_input(fake_logits)))
-            real_out = self.D_joint(*real_pair)
-            fake_out = self.D_joint(*fake_pair)
+            fake_pair = self._augment(fake_image[:n], self.fake_mask_input(fake_logits[:n]))
+            # One pass over reals and fakes together (the patch D has no cross-sample layers).
+            outputs = self.D_joint(
+                self._mf(torch.cat([real_pair[0], fake_pair[0]])), self._mf(torch.cat([real_pair[1], fake_pair[1]]))
+            )
+            real_out = [o[:n] for o in outputs]
+            fake_out = [o[n:] for o in outputs]
             loss = losses.hinge_d_loss(real_out, fake_out)
         self._apply(loss, self.D_joint, self.opt_D_joint)
         return {
@@ -276,12 +295,13 @@ class GanTrainer:
         stats: dict[str, torch.Tensor] = {}
         with ops_mode(self.levers["fused_ops"]):
             real = self.unlabeled_batch(s)
-            stats.update(self.d_image_step(real))
+            lab_image, lab_mask = self.labeled_batch(s)
+            fake_image, fake_logits = self.discriminator_fakes(max(self.unlabeled_bs, self.labeled_bs))
+            stats.update(self.d_image_step(real, fake_image[: self.unlabeled_bs]))
             if float(t["r1_gamma_image"]) > 0 and s % int(t["r1_interval_image"]) == 0:
                 stats.update(self.d_image_r1_step(real))
 
-            lab_image, lab_mask = self.labeled_batch(s)
-            stats.update(self.d_joint_step(lab_image, lab_mask))
+            stats.update(self.d_joint_step(lab_image, lab_mask, (fake_image, fake_logits)))
             if float(t["r1_gamma_joint"]) > 0 and s % int(t["r1_interval_joint"]) == 0:
                 stats.update(self.d_joint_r1_step(lab_image, lab_mask))
 
