@@ -153,8 +153,10 @@ def write_checkpoint(trainer: GanTrainer, run_dir: Path) -> None:
 
 def restore(trainer: GanTrainer, run_dir: Path) -> None:
     state = load_checkpoint(checkpoint_path(run_dir), map_location="cpu")
-    saved_model = json.loads(state["config"]).get("model")
-    if saved_model != trainer.config["model"]:
+    def architecture(model: dict | None) -> dict:
+        return {k: v for k, v in (model or {}).items() if k != "name"}  # renaming a file is fine
+
+    if architecture(json.loads(state["config"]).get("model")) != architecture(trainer.config["model"]):
         raise InputError(checkpoint_path(run_dir), "was trained with a different model: section; cannot resume")
     trainer.load_state_dict(state)
     rng = state["rng"]

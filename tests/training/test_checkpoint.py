@@ -154,3 +154,11 @@ def test_cli_run_killed_with_sigterm_resumes_bit_for_bit(tmp_path):
     assert _states_equal({k: a[k] for k in COMPARED}, {k: b[k] for k in COMPARED}) == []
     samples = sorted(p.name for p in (tmp_path / "full" / "samples").glob("*.png"))
     assert "fakes_latest.png" in samples and len(samples) >= 2
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    train_gan(tiny_config({"kimg": 0.004}), tmp_path)
+    other = tiny_config({"kimg": 0.008}, model={"generator": {"z_dim": 8, "w_dim": 16, "mapping_layers": 2,
+                                                              "channel_base": 256, "channel_max": 32}})
+    with pytest.raises(InputError, match="different model"):
+        train_gan(other, tmp_path, resume=True)
