@@ -41,7 +41,7 @@ class TTOOptions:
     betas: tuple[float, float] = (0.9, 0.999)
     perceptual_weight: float = 1.0
     mse_weight: float = 0.1
-    encoder_weight: float = 0.0  # ||w+ - E(G(w+))||^2 (costs one encoder pass per step)
+    encoder_weight: float = 0.0  # ||w+ - E(G(w+))||^2, E(G(w+)) detached (one encoder forward per step)
     early_stop_patience: int = 0  # 0 = off; else steps without improvement before a slice stops
     early_stop_rel_tol: float = 1e-3  # improvement (fraction of the best loss) that resets patience
     noise_mode: str = "const"  # generator noise; 'const' keeps slices independent and repeatable
@@ -126,7 +126,9 @@ class _Objective:
         image, logits = image.float(), logits.float()
         loss = reconstruction_loss_per_slice(image, target, o.perceptual_weight, o.mse_weight)
         if o.encoder_weight and self.E is not None:
-            with _autocast(self.device, o.bf16):
+            # As in SemanticGAN's inference: the re-encoding is a target, not a path for gradients
+            # (cheaper: no backward pass through the encoder).
+            with torch.no_grad(), _autocast(self.device, o.bf16):
                 w_again = self.E(image)
             loss = loss + o.encoder_weight * (ws - w_again.float()).square().flatten(1).mean(1)
         return loss, image, logits
