@@ -46,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _relative(path: Path) -> Path:
+    """Shorter paths in messages when the bundle is under the working directory."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def weights_status(bundle: Path) -> dict[str, bool]:
     from medsemgan.inference.model import ENCODER_FILE, GENERATOR_FILE
 
@@ -55,16 +63,17 @@ def weights_status(bundle: Path) -> dict[str, bool]:
 
 def no_weights_message(bundle: Path, status: dict[str, bool]) -> str:
     missing = [name for name, present in status.items() if not present]
+    models = bundle / "models"
     return (
         f"medsemgan demo: no trained weights in {bundle} ({', '.join(missing)} missing).\n"
         "The demo segments with the model shipped in the bundle, and this checkout does not ship one "
         "yet (training produces it).\n"
-        "To make the weights yourself (CPU: hours; see docs/bundle.md):\n"
-        "  medsemgan train gan --config cpu128 --out runs/gan        # then copy runs/gan/generator_ema.pt "
-        "to models/generator.pt\n"
-        "  medsemgan train encoder --config cpu128 --generator runs/gan/generator_ema.pt --out runs/encoder"
-        "   # then models/encoder.pt\n"
-        "  python -m medsemgan.bundle.make_sample                    # the demo's sample for those weights"
+        "To make the weights yourself (CPU: hours; see docs/bundle.md and docs/demo.md):\n"
+        "  medsemgan train gan --config cpu128 --out runs/gan\n"
+        f"  cp runs/gan/generator_ema.pt {models / 'generator.pt'}\n"
+        f"  medsemgan train encoder --config cpu128 --generator {models / 'generator.pt'} --out runs/encoder\n"
+        f"  cp runs/encoder/encoder.pt {models / 'encoder.pt'}\n"
+        f"  python -m medsemgan.bundle.make_sample --bundle {bundle}    # the demo's sample for these weights"
     )
 
 
@@ -130,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from medsemgan.inference.model import SegmentationModel, resolve_device
     from medsemgan.paths import data_root
 
-    bundle, out = Path(args.bundle), Path(args.out)
+    bundle, out = _relative(Path(args.bundle)), Path(args.out)
     if not bundle.is_dir():
         raise InputError(bundle, "bundle folder does not exist")
     status = weights_status(bundle)
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 0:
         raise InputError(None, f"--steps must be >= 0, got {args.steps}")
     device = resolve_device(args.device)
-    started = time.perf_counter()
+    demo_started = started = time.perf_counter()
     model = SegmentationModel.from_bundle(bundle).to(device)
     print(f"medsemgan demo: bundle {bundle} ({model.config.source}, {model.resolution} px), device {device}, "
           f"model loaded in {time.perf_counter() - started:.1f} s")
@@ -185,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from medsemgan.inference.writers import write_json
 
     write_json(summary, out / "demo.json")
-    print(f"  summary: {out / 'demo.json'}")
+    print(f"  summary: {out / 'demo.json'}   total {time.perf_counter() - demo_started:.1f} s")
     print("  The sample is synthetic (drawn from the shipped generator with its own label): its Dice shows "
           "that encoder + optimisation recover the generator's label, not accuracy on real anatomy.")
     return 1 if failed else 0
