@@ -81,3 +81,21 @@ def test_unknown_encoder_keys_are_rejected():
         encoder_section({"encoder": {"train": {"bacth_size": 3}}})
     with pytest.raises(InputError, match="generator"):
         train_encoder(TINY, "/tmp/unused", generator=None)
+
+
+def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file, capsys):
+    import yaml
+
+    from medsemgan.cli import main
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"] = {"source": "synthetic", "synthetic_unlabeled": 16, "synthetic_labeled": 4}
+    cfg["encoder"]["train"].update(kimg=0.016, warmup_kimg=0.004)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["finished"] and summary["images_seen"] >= 16
+    assert (out / "encoder.pt").is_file() and (out / "checkpoint.pt").is_file()

@@ -1,0 +1,35 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import torch
+import yaml
+
+from medsemgan.cli import main
+from medsemgan.inference.model import SegmentationModel
+
+TINY = {
+    "model": {"resolution": 32, "generator": {"z_dim": 32, "w_dim": 32, "channel_base": 256,
+                                              "channel_max": 32, "mapping_layers": 2}},
+    "encoder": {"channels": [8, 16, 16], "fpn_channels": 16, "head_channels": 8},
+    "inference": {"steps": 2, "batch_size": 8},
+}
+
+
+def test_bench_infer_prints_the_timings_and_the_batched_speedup(tmp_path, capsys):
+    torch.manual_seed(0)
+    SegmentationModel.build(TINY).save(tmp_path / "bundle")
+    (tmp_path / "bundle" / "configs").mkdir()
+    (tmp_path / "bundle" / "configs" / "model.yaml").write_text(yaml.safe_dump(TINY))
+    volume = np.full((30, 30, 6), -1000.0, np.float32)
+    volume[4:26, 4:26] = 50.0
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "mr.nii.gz")
+    assert main(["bench", "infer", "--bundle", str(tmp_path / "bundle"), "--mr", str(tmp_path / "mr.nii.gz"),
+                 "--skip-ct", "--speedup-slices", "3", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"].startswith("trained weights from")
+    assert result["mr_slices"] == 6 and result["steps"] == 2
+    assert result["mr_seconds_optimized"] > 0 and result["mr_seconds_encoder_only"] > 0
+    assert result["batched_vs_serial"]["slices"] == 3 and result["speedup"] > 0
+    assert result["batched_vs_serial"]["masks_identical"] is True
+    assert result["peak_rss_mib"] > 0 and "ct_seconds_optimized" not in result
