@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from bundle_fixtures import REPO, SCHEMA, load_nifti
 
 
@@ -16,6 +17,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+# ~30 s of two fresh interpreters; the same workflows run in-process in the default suite.
+@pytest.mark.slow
 def test_monai_bundle_run_inference_and_verify_metadata(tiny_bundle, studies_dir, tmp_path):
     out = tmp_path / "out"
     result = _run("run", "--config_file", str(tiny_bundle / "configs" / "inference.json"),
