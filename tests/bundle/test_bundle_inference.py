@@ -96,3 +96,20 @@ def test_missing_weights_is_a_clear_error(tmp_path, studies_dir):
         err = err.__cause__ or err.__context__
     found = [e for e in chain if isinstance(e, InputError)]
     assert found and "generator.pt" in str(found[0]) and "no trained generator weights" in str(found[0])
+
+
+def test_verify_net_in_out(tiny_bundle):
+    """MONAI's shape check of network_def against network_data_format (the tiny model is 32 px;
+    the shipped configuration's 128 px is what metadata.json states)."""
+    from monai.bundle import verify_net_in_out
+
+    shape = {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32],
+             "_meta_#network_data_format#outputs#pred#spatial_shape": [32, 32]}
+    verify_net_in_out(net_id="network_def", meta_file=str(tiny_bundle / "configs" / "metadata.json"),
+                      config_file=str(tiny_bundle / "configs" / "inference.json"), bundle_root=str(tiny_bundle),
+                      device="cpu", **shape)
+    wrong = {**shape, "_meta_#network_data_format#outputs#pred#num_channels": 2}
+    with pytest.raises(ValueError, match="[Oo]utput channel"):
+        verify_net_in_out(net_id="network_def", meta_file=str(tiny_bundle / "configs" / "metadata.json"),
+                          config_file=str(tiny_bundle / "configs" / "inference.json"),
+                          bundle_root=str(tiny_bundle), device="cpu", **wrong)
