@@ -71,9 +71,10 @@ class ModalityPreprocessd(MapTransform, InvertibleTransform):
         d[MODALITY_KEY], d[MODALITY_FROM_KEY] = modality, origin
         d[INPUT_AFFINE_KEY] = torch.as_tensor(image.affine, dtype=torch.float64).clone()
         d[INPUT_SHAPE_KEY] = torch.tensor(image.shape[1:])
-        # Invertd hands inverse() only the tensor and its meta: the modality travels in the meta.
-        image = image.clone()
-        image.meta[META_MODALITY_KEY] = modality
+        # Invertd hands inverse() only the tensor and its meta: the modality travels in the meta
+        # (a new MetaTensor on the same storage, so the caller's meta is not modified).
+        image = MetaTensor(image.as_tensor(), meta={**image.meta, META_MODALITY_KEY: modality},
+                           applied_operations=list(image.applied_operations))
         d[self.image_key] = image
         return self.pipeline(modality)(d)
 
