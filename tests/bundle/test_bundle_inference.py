@@ -113,3 +113,25 @@ def test_verify_net_in_out(tiny_bundle):
         verify_net_in_out(net_id="network_def", meta_file=str(tiny_bundle / "configs" / "metadata.json"),
                           config_file=str(tiny_bundle / "configs" / "inference.json"),
                           bundle_root=str(tiny_bundle), device="cpu", **wrong)
+
+
+def test_identical_with_the_shipped_inference_options(tiny_bundle, studies_dir, tmp_path):
+    """cpu128 infers with bf16 autocast and per-slice early stopping: identity must hold there too."""
+    import shutil
+
+    import yaml
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    config = yaml.safe_load((bundle / "configs" / "model.yaml").read_text())
+    config["inference"].update(steps=5, bf16=True, early_stop_patience=1, batch_size=3)
+    (bundle / "configs" / "model.yaml").write_text(yaml.safe_dump(config))
+    workflow = _run_inference(bundle, studies_dir, tmp_path / "bundle_out")
+    options = workflow.inferer.options
+    assert options.bf16 and options.early_stop_patience == 1 and workflow.inferer.batch_size == 3
+    assert _segment_cli(bundle, studies_dir, tmp_path / "cli_out") == 0
+    for case in ("phantom_ct", "phantom_dicom"):
+        bundle_mask, _ = load_nifti(tmp_path / "bundle_out" / f"{case}.nii.gz")
+        cli_mask, _ = load_nifti(tmp_path / "cli_out" / f"{case}.nii.gz")
+        assert 0 < bundle_mask.sum() < bundle_mask.size
+        assert np.array_equal(bundle_mask, cli_mask), case
