@@ -89,6 +89,28 @@ def _median_time(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+# Profiler event names of the dense linear algebra; everything else in a step is element-wise
+# work, resampling filters and glue: what the fused ops exist to speed up.
+_DENSE_OPS = ("conv", "mm", "linear", "matmul")
+
+
+def g_step_breakdown(steps: "Steps") -> dict:
+    """Self CPU seconds of one profiled generator step: convolutions/matmuls vs everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps.generator()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        steps.generator()
+    dense = other = 0.0
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        if any(key in event.key.lower() for key in _DENSE_OPS):
+            dense += seconds
+        else:
+            other += seconds
+    return {"conv_matmul_s": round(dense, 4), "elementwise_and_other_s": round(other, 4)}
+
+
 class Steps:
     """The three unregularised training steps, on random data of the right shape."""
 
@@ -179,6 +201,7 @@ def time_config(cfg: dict, batch: int, repeats: int, impls=IMPLS, forms: bool = 
             di = _median_time(steps.image_discriminator, repeats)
             dj = _median_time(steps.joint_discriminator, repeats)
             ran = resolved_impl()
+            breakdown = g_step_breakdown(steps)
         train_wall, train_cpu = g[0] + di[0] + dj[0], g[1] + di[1] + dj[1]
         result["impls"][impl] = {
             "ran": ran,
@@ -188,6 +211,7 @@ def time_config(cfg: dict, batch: int, repeats: int, impls=IMPLS, forms: bool = 
             "train_step_s": round(train_wall, 4),
             # one iteration consumes `batch` unlabeled images
             "s_per_kimg": round(train_wall / batch * 1000, 1),
+            "g_step_profile_cpu_s": breakdown,
             "cpu_s": {
                 "g_step": round(g[1], 4),
                 "d_image_step": round(di[1], 4),
@@ -201,15 +225,22 @@ def time_config(cfg: dict, batch: int, repeats: int, impls=IMPLS, forms: bool = 
         result["speedup"] = round(ref["g_step_s"] / fused["g_step_s"], 3)
         result["speedup_cpu_time"] = round(ref["cpu_s"]["g_step"] / fused["cpu_s"]["g_step"], 3)
         result["speedup_train_step"] = round(ref["train_step_s"] / fused["train_step_s"], 3)
+        # The generator's element-wise work alone (profiled self CPU time outside conv/matmul).
+        ref_other = ref["g_step_profile_cpu_s"]["elementwise_and_other_s"]
+        fused_other = fused["g_step_profile_cpu_s"]["elementwise_and_other_s"]
+        result["speedup_g_elementwise"] = round(ref_other / fused_other, 3) if fused_other > 0 else None
     if forms:
         result["modconv_forms"] = compare_modconv_forms(steps, repeats, cfg["generator"]["modconv_form"])
     return result
 
 
 def compare_modconv_forms(steps: Steps, repeats: int, default_form: str) -> dict:
-    """G forward (no grad) and G step with each modulated-conv form, default op path."""
+    """G forward (no grad) and G step with each modulated-conv setting, default op path.
+
+    1x1 layers (the heads) use per-sample weights in every setting (``ModulatedConv2d.form_for``).
+    """
     out = {}
-    for form in ("batched", "grouped"):
+    for form in ("batched", "grouped", "auto"):
         set_modconv_form(steps.G, form)
         fwd = _median_time(steps.generator_forward, repeats)
         step = _median_time(steps.generator, repeats)
@@ -220,7 +251,8 @@ def compare_modconv_forms(steps: Steps, repeats: int, default_form: str) -> dict
         }
     set_modconv_form(steps.G, default_form)
     for key in ("g_forward", "g_step"):
-        out[f"grouped_over_batched_{key}"] = round(out["grouped"][f"{key}_s"] / out["batched"][f"{key}_s"], 3)
+        for form in ("grouped", "auto"):
+            out[f"{form}_over_batched_{key}"] = round(out[form][f"{key}_s"] / out["batched"][f"{key}_s"], 3)
     return out
 
 

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "channel_base": 32768,
         "channel_max": 512,
         "conv_clamp": None,
-        "modconv_form": "batched",
+        "modconv_form": "auto",
         "channels_last_from": None,
     },
     "image_discriminator": {
@@ -84,8 +84,8 @@ def model_config_from_dict(data: dict, source: str | Path = "<dict>") -> dict:
         raise InputError(path, f"model.resolution must be a power of two >= 4, got {res!r}")
     if int(cfg["num_labels"]) < 1:
         raise InputError(path, f"model.num_labels must be >= 1, got {cfg['num_labels']!r}")
-    if cfg["generator"]["modconv_form"] not in ("batched", "grouped"):
-        raise InputError(path, "model.generator.modconv_form must be 'batched' or 'grouped'")
+    if cfg["generator"]["modconv_form"] not in ("batched", "grouped", "auto"):
+        raise InputError(path, "model.generator.modconv_form must be 'batched', 'grouped' or 'auto'")
     return cfg
 
 

@@ -104,16 +104,19 @@ class NoiseInput(nn.Module):
         # A fixed noise image so that 'const' mode is deterministic and saved with the weights.
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, noise_mode: str) -> torch.Tensor:
+    def forward(self, batch: int, noise_mode: str, like: torch.Tensor) -> torch.Tensor | None:
+        """Noise for a [batch, C, res, res] output, already scaled by the strength (broadcastable;
+        dtype and device of ``like``), or None for ``noise_mode='none'``."""
         if noise_mode == "none":
-            return x
+            return None
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+            res = self.resolution
+            noise = torch.randn(batch, 1, res, res, device=like.device, dtype=like.dtype)
         elif noise_mode == "const":
-            noise = self.noise_const.to(x.dtype)
+            noise = self.noise_const.to(like.dtype)
         else:
             raise ValueError(f"unknown noise_mode {noise_mode!r}; choose from {NOISE_MODES}")
-        return x + noise * self.strength.to(x.dtype)
+        return noise * self.strength.to(like.dtype)
 
 
 class StyledConv(nn.Module):
@@ -128,7 +131,7 @@ class StyledConv(nn.Module):
         up: int = 1,
         resample_filter: Sequence[float] = DEFAULT_RESAMPLE_FILTER,
         conv_clamp: float | None = None,
-        modconv_form: str = "batched",
+        modconv_form: str = "auto",
     ):
         super().__init__()
         self.conv = ModulatedConv2d(
@@ -140,8 +143,8 @@ class StyledConv(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
-        x = self.conv(x, w)
-        x = self.noise(x, noise_mode)
+        noise = self.noise(x.shape[0], noise_mode, like=x)
+        x = self.conv(x, w, noise=noise)
         return bias_act(x, self.bias.to(x.dtype), act="lrelu", gain=activation_gain("lrelu"), clamp=self.conv_clamp)
 
 
@@ -175,7 +178,7 @@ class SynthesisBlock(nn.Module):
         num_labels: int,
         resample_filter: Sequence[float] = DEFAULT_RESAMPLE_FILTER,
         conv_clamp: float | None = None,
-        modconv_form: str = "batched",
+        modconv_form: str = "auto",
         channels_last: bool = False,
     ):
         super().__init__()
@@ -231,7 +234,7 @@ class SynthesisNetwork(nn.Module):
         channel_base: int = 32768,
         channel_max: int = 512,
         conv_clamp: float | None = None,
-        modconv_form: str = "batched",
+        modconv_form: str = "auto",
         channels_last_from: int | None = None,
         resample_filter: Sequence[float] = DEFAULT_RESAMPLE_FILTER,
     ):
@@ -287,7 +290,7 @@ class Generator(nn.Module):
         channel_base: int = 32768,
         channel_max: int = 512,
         conv_clamp: float | None = None,
-        modconv_form: str = "batched",
+        modconv_form: str = "auto",
         channels_last_from: int | None = None,
     ):
         super().__init__()

@@ -22,8 +22,10 @@ from medsemgan.ops.upfirdn2d import setup_filter, upfirdn2d
 # The binomial low-pass used for every 2x resampling (StyleGAN2 paper, "blur" [1, 3, 3, 1]).
 DEFAULT_RESAMPLE_FILTER = (1, 3, 3, 1)
 
-# Modulated-convolution forms: mathematically equal, different speed (see MODCONV_FORMS below).
+# Modulated-convolution forms: mathematically equal, different speed (see modulated_conv2d).
 MODCONV_FORMS = ("batched", "grouped")
+# What a ModulatedConv2d layer may be set to: a form, or 'auto' to pick one by layer shape.
+MODCONV_SETTINGS = MODCONV_FORMS + ("auto",)
 
 
 def activation_gain(act: str) -> float:
@@ -177,42 +179,50 @@ def modulated_conv2d(
     up: int = 1,
     resample_filter: torch.Tensor | None = None,
     form: str = "batched",
+    noise: torch.Tensor | None = None,
     impl: str | None = None,
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution. ``x`` [N, I, H, W], ``weight`` [O, I, k, k], ``styles`` [N, I].
 
     ``form='grouped'``: build one weight tensor per sample (w * s, demodulated) and run a grouped
-    convolution with the batch folded into the groups. ``form='batched'``: scale the input
-    activations by the styles, run one shared-weight convolution for the whole batch, and scale
-    the output by the demodulation coefficients. Both compute the same function; the batched form
-    is a plain batched convolution, which CPUs (and cuDNN) run much better than a grouped one.
+    convolution with the batch folded into the groups (for a 1x1 kernel: a batched matrix
+    product). ``form='batched'``: scale the input activations by the styles, run one shared-weight
+    convolution for the whole batch, and scale the output by the demodulation coefficients. Both
+    compute the same function. ``noise`` (broadcastable to the output) is added after
+    demodulation, fused with the demodulation multiply in the batched form.
     """
     if form not in MODCONV_FORMS:
         raise ValueError(f"unknown modulated-conv form {form!r}; choose from {MODCONV_FORMS}")
     n, in_channels, h, w_ = x.shape
-    out_channels = weight.shape[0]
+    out_channels, kernel_size = weight.shape[0], weight.shape[-1]
     if styles.shape != (n, in_channels):
         raise ValueError(f"styles must be [{n}, {in_channels}], got {tuple(styles.shape)}")
     if form == "batched":
         x = x * styles.to(x.dtype).reshape(n, in_channels, 1, 1)
         x = resample_conv2d(x, weight, resample_filter, up=up, impl=impl)
         if demodulate:
-            d = demodulation_coefficients(weight, styles).to(x.dtype)
-            x = x * d.reshape(n, out_channels, 1, 1)
-        return x
+            d = demodulation_coefficients(weight, styles).to(x.dtype).reshape(n, out_channels, 1, 1)
+            return x * d if noise is None else torch.addcmul(noise.to(x.dtype), x, d)
+        return x if noise is None else x + noise.to(x.dtype)
     w = weight.unsqueeze(0) * styles.to(weight.dtype).reshape(n, 1, in_channels, 1, 1)
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    w = w.reshape(n * out_channels, in_channels, *weight.shape[2:]).to(x.dtype)
-    x = x.reshape(1, n * in_channels, h, w_)
-    x = resample_conv2d(x, w, resample_filter, up=up, groups=n, impl=impl)
-    return x.reshape(n, out_channels, *x.shape[2:])
+    w = w.to(x.dtype)
+    if kernel_size == 1 and up == 1:
+        x = torch.bmm(w.reshape(n, out_channels, in_channels), x.reshape(n, in_channels, h * w_))
+        x = x.reshape(n, out_channels, h, w_)
+    else:
+        w = w.reshape(n * out_channels, in_channels, kernel_size, kernel_size)
+        x = resample_conv2d(x.reshape(1, n * in_channels, h, w_), w, resample_filter, up=up, groups=n, impl=impl)
+        x = x.reshape(n, out_channels, *x.shape[2:])
+    return x if noise is None else x + noise.to(x.dtype)
 
 
 class ModulatedConv2d(nn.Module):
     """Style-modulated convolution: affine(w) -> styles -> modulated conv (-> demodulation).
 
-    ``form`` is a plain attribute, so it can be switched on a built model (see ``set_modconv_form``).
+    ``form`` is a plain attribute, so it can be switched on a built model (see ``set_modconv_form``);
+    ``'auto'`` picks a form per layer from its shape (see ``form_for``).
     """
 
     def __init__(
@@ -227,8 +237,8 @@ class ModulatedConv2d(nn.Module):
         form: str = "batched",
     ):
         super().__init__()
-        if form not in MODCONV_FORMS:
-            raise ValueError(f"unknown modulated-conv form {form!r}; choose from {MODCONV_FORMS}")
+        if form not in MODCONV_SETTINGS:
+            raise ValueError(f"unknown modulated-conv form {form!r}; choose from {MODCONV_SETTINGS}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = kernel_size
         self.demodulate = demodulate
@@ -240,16 +250,33 @@ class ModulatedConv2d(nn.Module):
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.register_buffer("resample_filter", setup_filter(resample_filter), persistent=False)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         styles = self.affine(w)
         weight = self.weight.to(x.dtype)
         if not self.demodulate:
             # Demodulation cancels any constant scale; without it the equalised-lr gain matters.
             weight = weight * self.weight_gain
+        out_pixels = x.shape[2] * x.shape[3] * self.up**2
         return modulated_conv2d(
             x, weight, styles, demodulate=self.demodulate, up=self.up,
-            resample_filter=self.resample_filter, form=self.form,
+            resample_filter=self.resample_filter, form=self.form_for(out_pixels), noise=noise,
         )
+
+    def form_for(self, out_pixels: int) -> str:
+        """The form this layer runs for an output of ``out_pixels`` pixels.
+
+        The batched form pays for scaling input and output activations (size ~ C*H*W per sample),
+        the grouped form for building per-sample weights (O*I*k*k) and a grouped convolution.
+        1x1 kernels (the toRGB/toSEG heads) always use per-sample weights: that is one small
+        batched matmul instead of scaling the wide input. 'auto' uses the grouped form where a
+        sample's weight is small next to its output map (O*k*k <= H*W/4: the wide, few-channel
+        layers at 64 px and above in both configurations). Measurements: docs/architecture.md.
+        """
+        if self.kernel_size == 1 and self.up == 1:
+            return "grouped"
+        if self.form != "auto":
+            return self.form
+        return "grouped" if self.out_channels * self.kernel_size**2 * 4 <= out_pixels else "batched"
 
     def extra_repr(self) -> str:
         return (
@@ -259,9 +286,9 @@ class ModulatedConv2d(nn.Module):
 
 
 def set_modconv_form(module: nn.Module, form: str) -> None:
-    """Switch every ModulatedConv2d inside ``module`` to ``form`` ('batched' or 'grouped')."""
-    if form not in MODCONV_FORMS:
-        raise ValueError(f"unknown modulated-conv form {form!r}; choose from {MODCONV_FORMS}")
+    """Switch every ModulatedConv2d inside ``module`` to ``form`` ('batched', 'grouped', 'auto')."""
+    if form not in MODCONV_SETTINGS:
+        raise ValueError(f"unknown modulated-conv form {form!r}; choose from {MODCONV_SETTINGS}")
     for m in module.modules():
         if isinstance(m, ModulatedConv2d):
             m.form = form

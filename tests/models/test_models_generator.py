@@ -163,11 +163,21 @@ def test_synthesis_gradcheck_through_both_heads(tiny_config):
     assert torch.autograd.gradcheck(fn, (ws,))
 
 
-def test_modconv_forms_give_the_same_generator(tiny_config):
+@pytest.mark.parametrize("form", ["grouped", "auto"])
+def test_modconv_forms_give_the_same_generator(tiny_config, form):
     batched = _generator(tiny_config)
-    grouped = _generator(tiny_config, modconv_form="grouped")
-    grouped.load_state_dict(batched.state_dict())
-    batched.double(), grouped.double()
+    other = _generator(tiny_config, modconv_form=form)
+    other.load_state_dict(batched.state_dict())
+    batched.double(), other.double()
     ws = batched.mapping(torch.randn(3, batched.z_dim, dtype=torch.float64))
-    for a, b in zip(batched.synthesis(ws, noise_mode="const"), grouped.synthesis(ws, noise_mode="const")):
+    for a, b in zip(batched.synthesis(ws, noise_mode="const"), other.synthesis(ws, noise_mode="const")):
         torch.testing.assert_close(a, b)
+
+
+def test_channels_last_blocks_give_the_same_output(tiny_config):
+    plain = _generator(tiny_config)
+    cl = _generator(tiny_config, channels_last_from=8)
+    cl.load_state_dict(plain.state_dict())
+    ws = plain.mapping(torch.randn(2, plain.z_dim))
+    for a, b in zip(plain.synthesis(ws, noise_mode="const"), cl.synthesis(ws, noise_mode="const")):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -80,12 +80,14 @@ def test_modulated_conv_forms_agree_in_values_and_gradients(up, demodulate, kern
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 4, kernel, kernel, dtype=torch.float64, requires_grad=True)
     s = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    # Noise is added after demodulation (fused with it in the batched form).
+    noise = torch.randn(3, 1, 8 * up, 8 * up, dtype=torch.float64, requires_grad=True)
     outs, grads = {}, {}
     for form in ("batched", "grouped"):
-        y = modulated_conv2d(x, w, s, demodulate=demodulate, up=up, resample_filter=f, form=form)
+        y = modulated_conv2d(x, w, s, demodulate=demodulate, up=up, resample_filter=f, form=form, noise=noise)
         g = torch.randn_like(y, generator=torch.Generator().manual_seed(4))
         outs[form] = y
-        grads[form] = torch.autograd.grad((y * g).sum(), [x, w, s])
+        grads[form] = torch.autograd.grad((y * g).sum(), [x, w, s, noise])
     assert outs["batched"].shape == (3, 5, 8 * up, 8 * up)
     torch.testing.assert_close(outs["batched"], outs["grouped"], rtol=1e-10, atol=1e-10)
     for gb, gg in zip(grads["batched"], grads["grouped"]):
@@ -112,8 +114,20 @@ def test_modulated_conv_module_switch_changes_form_not_output():
     set_modconv_form(layer, "grouped")
     assert layer.form == "grouped"
     torch.testing.assert_close(layer(x, wlat), y_batched)
+    set_modconv_form(layer, "auto")
+    torch.testing.assert_close(layer(x, wlat), y_batched)
     with pytest.raises(ValueError):
         set_modconv_form(layer, "depthwise")
+
+
+def test_auto_form_uses_per_sample_weights_only_for_wide_few_channel_layers():
+    wide = ModulatedConv2d(96, 48, w_dim=8, kernel_size=3, form="auto")
+    assert wide.form_for(128 * 128) == "grouped"  # 48*9*4 <= 16384
+    assert wide.form_for(16 * 16) == "batched"
+    narrow = ModulatedConv2d(256, 256, w_dim=8, kernel_size=3, form="auto")
+    assert narrow.form_for(32 * 32) == "batched"
+    head = ModulatedConv2d(48, 1, w_dim=8, kernel_size=1, demodulate=False, form="batched")
+    assert head.form_for(4) == "grouped"  # 1x1 heads: one small batched matmul in every setting
 
 
 @pytest.mark.parametrize("form", ["batched", "grouped"])
