@@ -94,17 +94,30 @@ def _median_time(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
 _DENSE_OPS = ("conv", "mm", "linear", "matmul")
 
 
+def _is_fir_filter(event) -> bool:
+    """A convolution that is really upfirdn2d's FIR filter (depthwise or single-plane), as the
+    reference and conv-backend paths run it; those count as filter work, not dense work."""
+    shapes = [s for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
+    if "backward" in event.key:
+        shapes = shapes[1:]  # grad_output comes first
+    if len(shapes) < 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
+        return False
+    x, w = shapes[0], shapes[1]
+    return w[1] == 1 and w[2] * w[3] > 1 and w[0] in (1, x[1])
+
+
 def g_step_breakdown(steps: "Steps") -> dict:
-    """Self CPU seconds of one profiled generator step: convolutions/matmuls vs everything else."""
+    """Self CPU seconds of one profiled generator step: network convolutions and matrix products
+    vs everything else (element-wise ops, resampling filters, copies)."""
     from torch.profiler import ProfilerActivity, profile
 
     steps.generator()  # warm-up outside the profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         steps.generator()
     dense = other = 0.0
-    for event in prof.key_averages():
+    for event in prof.key_averages(group_by_input_shape=True):
         seconds = event.self_cpu_time_total / 1e6
-        if any(key in event.key.lower() for key in _DENSE_OPS):
+        if any(key in event.key.lower() for key in _DENSE_OPS) and not _is_fir_filter(event):
             dense += seconds
         else:
             other += seconds
