@@ -181,3 +181,14 @@ def test_channels_last_blocks_give_the_same_output(tiny_config):
     ws = plain.mapping(torch.randn(2, plain.z_dim))
     for a, b in zip(plain.synthesis(ws, noise_mode="const"), cl.synthesis(ws, noise_mode="const")):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_clamp_bounds_every_layer_output(tiny_config):
+    G = _generator(tiny_config, conv_clamp=0.01)
+    img, seg = G(torch.randn(3, G.z_dim))
+    # Each head output is clamped to +-0.01, and the [1,3,3,1] upsampling is a convex combination
+    # per output pixel, so the skip sum stays within 0.01 per resolution.
+    bound = 0.01 * len(G.synthesis.blocks) + 1e-6
+    assert img.abs().max() <= bound and seg.abs().max() <= bound
+    unclamped, _ = _generator(tiny_config)(torch.randn(3, G.z_dim))
+    assert unclamped.abs().max() > bound
