@@ -12,6 +12,7 @@ early stopping.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import resource
@@ -58,15 +59,18 @@ def _model(args):
 def _volume_seconds(path: Path, model, steps: int, batch_size: int | None) -> dict:
     from medsemgan.inference.segment import SegmentOptions, segment_volume
 
+    cpu = time.process_time()
     mask, extras = segment_volume(path, model, SegmentOptions(steps=steps, batch_size=batch_size))
     return {"seconds": round(extras["seconds"], 2), "slices": extras["slices"],
+            "cpu_seconds": round(time.process_time() - cpu, 2),
             "steps_run_mean": round(sum(extras["steps_run"]) / max(1, len(extras["steps_run"])), 1),
             "modality": extras["modality"]}
 
 
 def _batched_vs_serial(path: Path, model, options, count: int) -> dict:
     """The same ``count`` slices (the middle of the volume) optimised in one batch, then one at a
-    time, with identical options."""
+    time with identical options (``speedup``: batching alone), then one at a time in float32
+    without early stopping (``speedup_vs_reference_loop``: every lever of the batched path)."""
     from medsemgan.data.io import load_image
     from medsemgan.data.transforms import preprocess
     from medsemgan.inference.segment import resolve_modality
@@ -80,15 +84,26 @@ def _batched_vs_serial(path: Path, model, options, count: int) -> dict:
     slices = volume.as_tensor()[..., start:start + count].permute(3, 0, 1, 2).contiguous().to(model.device)
     G, E = model.generator, model.encoder
     invert(G, E, slices[:1], options)  # warm-up (allocator, oneDNN primitives)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batched = invert(G, E, slices, options)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     serial = [invert(G, E, s[None], options) for s in slices]
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
+    # The straightforward port: one slice at a time, float32, every step (no early stopping).
+    plain = dataclasses.replace(options, bf16=False, early_stop_patience=0)
+    invert(G, E, slices[:1], plain)
+    t3, c3 = time.perf_counter(), time.process_time()
+    for s in slices:
+        invert(G, E, s[None], plain)
+    t4, c4 = time.perf_counter(), time.process_time()
     same = all(torch.equal(b > 0, s.label_logits[0] > 0) for b, s in zip(batched.label_logits, serial))
     return {"slices": int(slices.shape[0]), "steps": options.steps,
             "batched_seconds": round(t1 - t0, 2), "serial_seconds": round(t2 - t1, 2),
-            "speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 2), "masks_identical": bool(same)}
+            "batched_cpu_seconds": round(c1 - c0, 2), "serial_cpu_seconds": round(c2 - c1, 2),
+            "speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 2),
+            "speedup_cpu": round((c2 - c1) / max(c1 - c0, 1e-9), 2), "masks_identical": bool(same),
+            "reference_loop_seconds": round(t4 - t3, 2), "reference_loop_cpu_seconds": round(c4 - c3, 2),
+            "speedup_vs_reference_loop": round((t4 - t3) / max(t1 - t0, 1e-9), 2)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -129,6 +144,10 @@ def run(args: argparse.Namespace) -> dict:
         result[f"{key}_slices"] = optimised["slices"]
         result[f"{key}_seconds_encoder_only"] = encoder_only["seconds"]
         result[f"{key}_seconds_optimized"] = optimised["seconds"]
+        # CPU time of this process (all threads): divided by the threads it approximates the
+        # wall time on an otherwise idle machine (shared machines inflate wall time).
+        result[f"{key}_cpu_seconds_encoder_only"] = encoder_only["cpu_seconds"]
+        result[f"{key}_cpu_seconds_optimized"] = optimised["cpu_seconds"]
         result[f"{key}_steps_run_mean"] = optimised["steps_run_mean"]
     comparison = _batched_vs_serial(mr, model, options, args.speedup_slices)
     result["speedup"] = comparison.pop("speedup")

@@ -4,8 +4,8 @@ Every function returns one value per slice (shape ``[N]``), never a batch mean: 
 optimisation sums them, so one slice's gradient does not depend on how many others share its
 batch.
 
-The perceptual term is multi-scale SSIM (MONAI's SSIM/contrast-sensitivity maps): LPIPS needs VGG
-weights downloaded at run time, which machines here cannot do. Scales are combined as a weighted
+The perceptual term is multi-scale SSIM (MONAI's definition, computed with a separable filter):
+LPIPS needs VGG weights downloaded at run time, which machines here cannot do. Scales are combined as a weighted
 *mean* of per-scale values rather than MS-SSIM's product of powers: the product has an infinite
 gradient where a contrast term reaches zero (common early in an inversion), the mean does not.
 """
@@ -16,7 +16,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.metrics.regression import compute_ssim_and_cs
 
 # Images are in [-1, 1].
 DATA_RANGE = 2.0
@@ -24,6 +23,36 @@ DATA_RANGE = 2.0
 
 def mse_per_slice(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).square().flatten(1).mean(1)
+
+
+def _gaussian_1d(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float32, device=like.device) - (size - 1) / 2
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    return (kernel / kernel.sum()).to(like.dtype)
+
+
+def ssim_and_cs_maps(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 7,
+                     kernel_sigma: float = 1.5, data_range: float = DATA_RANGE):
+    """SSIM and contrast-structure maps of single-channel images ``[N, 1, H, W]``.
+
+    Same definition as MONAI's ``compute_ssim_and_cs`` (Gaussian window, no padding, k1 0.01,
+    k2 0.03), computed with one *separable* filter pass over the five moment maps stacked as
+    channels: 2 x 7 taps instead of 5 x 49, which matters because this runs at every optimisation
+    step (a test checks the two agree).
+    """
+    if x.shape[1] != 1:
+        raise ValueError(f"expected single-channel images, got {x.shape[1]} channels")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    g = _gaussian_1d(kernel_size, kernel_sigma, x)
+    moments = F.conv2d(moments, g.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
+    mu_x, mu_y, mu_xx, mu_yy, mu_xy = F.conv2d(moments, g.view(1, 1, -1, 1).expand(5, 1, -1, 1),
+                                               groups=5).unbind(1)
+    sigma_x, sigma_y = mu_xx - mu_x * mu_x, mu_yy - mu_y * mu_y
+    sigma_xy = mu_xy - mu_x * mu_y
+    cs = (2 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+    ssim = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return ssim.unsqueeze(1), cs.unsqueeze(1)
 
 
 def ms_ssim_loss_per_slice(x: torch.Tensor, y: torch.Tensor, scales: int = 3, kernel_size: int = 7,
@@ -40,9 +69,7 @@ def ms_ssim_loss_per_slice(x: torch.Tensor, y: torch.Tensor, scales: int = 3, ke
                          f"with a {kernel_size}-pixel kernel")
     total = x.new_zeros(x.shape[0])
     for scale, weight in enumerate(weights):
-        ssim, cs = compute_ssim_and_cs(x, y, spatial_dims=2, kernel_size=(kernel_size, kernel_size),
-                                       kernel_sigma=(kernel_sigma, kernel_sigma),
-                                       data_range=DATA_RANGE)
+        ssim, cs = ssim_and_cs_maps(x, y, kernel_size, kernel_sigma)
         value = ssim if scale == scales - 1 else cs
         total = total + weight * value.flatten(1).mean(1)
         if scale < scales - 1:

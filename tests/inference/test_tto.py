@@ -87,3 +87,17 @@ def test_options_from_config_ignore_unknown_keys_and_none_overrides():
     assert (o.steps, o.lr, o.seed) == (12, 0.2, 3)
     with pytest.raises(ValueError):
         TTOOptions.from_config({"steps": -1})
+
+
+def test_separable_ssim_matches_monai():
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    from medsemgan.inference.losses import ssim_and_cs_maps
+
+    x = torch.rand(2, 1, 40, 36) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    ours = ssim_and_cs_maps(x, y)
+    theirs = compute_ssim_and_cs(x, y, spatial_dims=2, kernel_size=(7, 7), kernel_sigma=(1.5, 1.5),
+                                 data_range=2.0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
