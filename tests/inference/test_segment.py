@@ -164,3 +164,21 @@ def _empty(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
     return folder
+
+
+def test_inferer_keeps_metatensor_metadata(bundle):
+    from monai.data import MetaTensor
+
+    model = SegmentationModel.from_bundle(bundle)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    volume = MetaTensor(torch.zeros(1, 1, 32, 32, 2), affine=affine)
+    out = TTOInferer(TTOOptions(steps=0))(volume, model)
+    assert isinstance(out, MetaTensor) and out.shape == (1, 1, 32, 32, 2)
+    assert torch.equal(out.affine, volume.affine)
+
+
+def test_unavailable_device_is_a_clear_error(bundle, small_nifti, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert _segment(bundle, small_nifti, tmp_path / "o", "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
