@@ -172,6 +172,16 @@ class Steps:
         with torch.no_grad():
             self.G(self._z(), noise_mode="const")
 
+    def synthesis_inversion(self):
+        """Synthesis forward + backward to the latents, as test-time optimisation runs it."""
+        self._zero()
+        if not hasattr(self, "_ws"):
+            with torch.no_grad():
+                self._ws = self.G.mapping(self._z())
+        ws = self._ws.clone().requires_grad_(True)
+        image, logits = self.G.synthesis(ws, noise_mode="const")
+        (image - self.real).square().mean().backward()
+
 
 def flops_per_image(cfg: dict) -> dict:
     """Forward FLOPs (convolutions and matrix products) per image, counted at batch 1."""
@@ -248,24 +258,41 @@ def time_config(cfg: dict, batch: int, repeats: int, impls=IMPLS, forms: bool = 
 
 
 def compare_modconv_forms(steps: Steps, repeats: int, default_form: str) -> dict:
-    """G forward (no grad) and G step with each modulated-conv setting, default op path.
+    """G forward (no grad), G step and synthesis forward+backward to ws (inversion) with each
+    modulated-conv setting, default op path.
 
-    1x1 layers (the heads) use per-sample weights in every setting (``ModulatedConv2d.form_for``).
+    The settings are measured round-robin (one call of each per round) so that drifting load on a
+    shared machine hits them alike. 1x1 layers (the heads) use per-sample weights in every
+    setting (``ModulatedConv2d.form_for``).
     """
-    out = {}
-    for form in ("batched", "grouped", "auto"):
+    forms = ("batched", "grouped", "auto")
+    measures = (
+        ("g_forward", steps.generator_forward),
+        ("g_step", steps.generator),
+        ("synthesis_inversion", steps.synthesis_inversion),
+    )
+    samples = {form: {key: [] for key, _ in measures} for form in forms}
+    for form in forms:  # warm-up
         set_modconv_form(steps.G, form)
-        fwd = _median_time(steps.generator_forward, repeats)
-        step = _median_time(steps.generator, repeats)
-        out[form] = {
-            "g_forward_s": round(fwd[0], 4),
-            "g_step_s": round(step[0], 4),
-            "cpu_s": {"g_forward": round(fwd[1], 4), "g_step": round(step[1], 4)},
-        }
+        for _, fn in measures:
+            fn()
+    for _ in range(max(1, repeats)):
+        for form in forms:
+            set_modconv_form(steps.G, form)
+            for key, fn in measures:
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                samples[form][key].append((time.perf_counter() - t0, time.process_time() - c0))
     set_modconv_form(steps.G, default_form)
-    for key in ("g_forward", "g_step"):
+    out = {}
+    for form in forms:
+        med = {key: [statistics.median(v[i] for v in vals) for i in (0, 1)] for key, vals in samples[form].items()}
+        out[form] = {f"{key}_s": round(med[key][0], 4) for key, _ in measures}
+        out[form]["cpu_s"] = {key: round(med[key][1], 4) for key, _ in measures}
+    for key, _ in measures:
         for form in ("grouped", "auto"):
-            out[f"{form}_over_batched_{key}"] = round(out[form][f"{key}_s"] / out["batched"][f"{key}_s"], 3)
+            # CPU time: the steadier figure on a shared machine
+            out[f"{form}_over_batched_{key}_cpu"] = round(out[form]["cpu_s"][key] / out["batched"]["cpu_s"][key], 3)
     return out
 
 
