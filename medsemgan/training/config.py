@@ -77,8 +77,7 @@ def levers_from(training: dict) -> dict[str, bool]:
     """Resolve ``fast`` plus per-lever overrides into a full set of on/off flags.
 
     ``compile`` stays off under ``fast`` (torch.compile does not support the double backward R1
-    and path length need; see docs/training.md); ``bf16_regularizers`` stays off because the
-    regularisers run every 4-16 steps and keep full precision for their second derivatives.
+    and path length need; see docs/training.md).
     """
     fast = bool(training.get("fast", True))
     flags = {
@@ -86,7 +85,7 @@ def levers_from(training: dict) -> dict[str, bool]:
         "channels_last": fast,
         "fused_ops": fast,
         "compile": False,
-        "bf16_regularizers": False,
+        "bf16_regularizers": fast,
     }
     overrides = training.get("levers") or {}
     unknown = sorted(set(overrides) - set(LEVER_KEYS))
