@@ -192,7 +192,8 @@ class EncoderTrainer:
         loss = float(self.t["latent_weight"]) * (pred.float() - ws).square().mean()
         self._apply(loss)
         self.images_seen += n
-        return {"loss/latent": float(loss), "loss/total": float(loss)}
+        value = float(loss.detach())
+        return {"loss/latent": value, "loss/total": value}
 
     def real_step(self) -> dict[str, float]:
         t = self.t
@@ -234,7 +235,7 @@ class EncoderTrainer:
         self._apply(loss)
         self.images_seen += n_unl
         stats["loss/total"] = loss
-        return {k: float(v) for k, v in stats.items()}
+        return {k: float(v.detach()) for k, v in stats.items()}
 
     def _apply(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
