@@ -63,10 +63,10 @@ DATA_DEFAULTS: dict[str, Any] = {
 TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
-    "iterations": 2000,
+    "iterations": 1000,
     "max_seconds": None,  # optional wall-clock budget (training time only, across resumes)
     "batch_size": 16,
-    "lr": 1.0e-3,
+    "lr": 1.0e-2,
     "weight_decay": 0.0,
     "lr_schedule": "cosine",  # 'cosine' (to 5 % over `iterations`) or 'constant'
     "dice_weight": 1.0,
@@ -78,9 +78,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
         "rotate_deg": 0.0,
         "scale": 0.0,
         "cutout": 0.0,
-        "gamma": 0.5,
-        "contrast": 0.3,
-        "brightness": 0.15,
+        "gamma": 1.5,
+        "contrast": 1.0,
+        "brightness": 0.5,
     },
     "checkpoint_every": 200,
     "log_every": 25,
