@@ -27,336 +27,41 @@ configurable (``medsemgan/configs/report.yaml``); relative test-set paths resolv
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import datetime as _dt
-import glob
 import hashlib
 import json
 import logging
 import math
-import os
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from medsemgan.errors import InputError
 from medsemgan.evaluation.metrics import compute_metrics
+from medsemgan.evaluation.report_config import (  # noqa: F401  (parse_config etc. re-exported)
+    DEFAULT_CONFIG,
+    Budget,
+    Method,
+    ReportConfig,
+    TestSet,
+    slug,
+    load_report_config,
+    parse_config,
+)
+from medsemgan.evaluation.report_methods import Runner, make_runner
 from medsemgan.io_utils import atomic_path
-from medsemgan.paths import CONFIG_DIR, REPO_DIR
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = CONFIG_DIR / "report.yaml"
-CACHE_VERSION = 1
 METRICS = ("dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml")
 CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
                "seconds", "cached", "prediction", "error")
-KINDS = ("semanticgan", "unet", "masks")
 OVERLAY_RESOLUTION = 192
-
-
-# ============================================================================ configuration
-
-
-@dataclass
-class TestSet:
-    key: str
-    title: str
-    modality: str
-    cases: list  # list[medsemgan.data.catalogue.Study]
-
-
-@dataclass
-class Budget:
-    key: str
-    title: str
-
-
-@dataclass
-class Method:
-    key: str
-    name: str
-    kind: str
-    options: dict
-    weights: dict  # budget key -> path or {generator, encoder, config} (already resolved)
-
-
-@dataclass
-class ReportConfig:
-    test_sets: list[TestSet]
-    budgets: list[Budget]
-    methods: list[Method]
-    out: Path
-    device: str = "auto"
-    overlays: bool = True
-    data_root: Path | None = None
-    weights_root: Path = REPO_DIR
-    source: str = "<dict>"
-    raw: dict = field(default_factory=dict)
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text)) or "x"
-
-
-def _resolve(path: str | os.PathLike, root: Path | None, what: str, source: str) -> Path:
-    path = Path(os.path.expanduser(str(path)))
-    if path.is_absolute():
-        return path
-    if root is None:
-        raise InputError(source, f"{what} {path} is relative but no root is known to resolve it "
-                                 "(set data_root / weights_root, or $MEDSEMGAN_DATA)")
-    return root / path
-
-
-def _study(entry: dict, modality: str, data_root: Path | None, source: str):
-    from medsemgan.data.catalogue import TEST, Study
-
-    for key in ("name", "image"):
-        if key not in entry:
-            raise InputError(source, f"a test case needs '{key}': {entry}")
-    label = entry.get("label")
-    return Study(
-        name=str(entry["name"]), source="report", modality=str(entry.get("modality", modality)).upper(),
-        liver_value=int(entry.get("liver_value", 1)), split=TEST,
-        image_path=_resolve(entry["image"], data_root, "image", source),
-        label_path=None if label is None else _resolve(label, data_root, "label", source),
-        label_kind=str(entry.get("label_kind", "volume")), root=data_root,
-    )
-
-
-def _test_set(raw: dict, data_root: Path | None, source: str) -> TestSet:
-    from medsemgan.data.catalogue import get_study
-
-    for key in ("key", "modality"):
-        if key not in raw:
-            raise InputError(source, f"every test set needs '{key}': {raw}")
-    modality = str(raw["modality"]).upper()
-    modality = "MR" if modality == "MRI" else modality
-    if modality not in ("CT", "MR"):
-        raise InputError(source, f"test set {raw['key']}: modality must be CT or MR, got {raw['modality']!r}")
-    cases = []
-    if raw.get("studies"):
-        if data_root is None:
-            raise InputError(source, f"test set {raw['key']} names catalogue studies but no data folder was "
-                                     "found (set data_root or $MEDSEMGAN_DATA, or list the cases explicitly)")
-        cases += [get_study(data_root, name) for name in raw["studies"]]
-    for entry in raw.get("cases") or []:
-        cases.append(_study(entry, modality, data_root, source))
-    pattern = raw.get("pattern")
-    if pattern:
-        images = sorted(glob.glob(str(_resolve(pattern["images"], data_root, "pattern", source))))
-        if not images:
-            raise InputError(source, f"test set {raw['key']}: no file matches {pattern['images']}")
-        old, new = pattern.get("label_from_image", ["image", "label"])
-        for image in images:
-            stem = Path(image).name.split(".")[0]
-            name = stem.replace(old, "", 1).strip("_-") if old and old in stem else stem
-            label = str(Path(image).parent / Path(image).name.replace(old, new, 1))
-            cases.append(_study({"name": name, "image": image, "label": label,
-                                 "liver_value": pattern.get("liver_value", 1)}, modality, data_root, source))
-    if not cases:
-        raise InputError(source, f"test set {raw['key']} has no cases (give studies:, cases: or pattern:)")
-    names = [c.name for c in cases]
-    if len(set(names)) != len(names):
-        raise InputError(source, f"test set {raw['key']}: case names must be unique, got {names}")
-    return TestSet(str(raw["key"]), str(raw.get("title", raw["key"])), modality, cases)
-
-
-def _method(raw: dict, budgets: list[Budget], weights_root: Path, source: str) -> Method:
-    for key in ("key", "kind"):
-        if key not in raw:
-            raise InputError(source, f"every method needs '{key}': {raw}")
-    kind = str(raw["kind"])
-    if kind not in KINDS:
-        raise InputError(source, f"method {raw['key']}: kind must be one of {KINDS}, got {kind!r}")
-    weights_raw = raw.get("weights") or {}
-    if not isinstance(weights_raw, dict):
-        raise InputError(source, f"method {raw['key']}: weights must map a budget key to files")
-    unknown = sorted(set(map(str, weights_raw)) - {b.key for b in budgets})
-    if unknown:
-        raise InputError(source, f"method {raw['key']}: weights for unknown budgets {unknown}")
-    weights: dict[str, Any] = {}
-    for budget_key, value in weights_raw.items():
-        if value is None:
-            continue
-        if kind == "semanticgan":
-            if not isinstance(value, dict) or not {"generator", "encoder"} <= set(value):
-                raise InputError(source, f"method {raw['key']} budget {budget_key}: give generator: and encoder:")
-            weights[str(budget_key)] = {
-                "generator": _resolve(value["generator"], weights_root, "weights", source),
-                "encoder": _resolve(value["encoder"], weights_root, "weights", source),
-                "config": value.get("config"),
-            }
-        else:
-            weights[str(budget_key)] = _resolve(value, weights_root, "weights", source)
-    return Method(str(raw["key"]), str(raw.get("name", raw["key"])), kind, dict(raw.get("options") or {}), weights)
-
-
-def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | None = None) -> ReportConfig:
-    from medsemgan.paths import data_root as default_data_root
-
-    raw = copy.deepcopy(raw or {})
-    known = {"data_root", "weights_root", "out", "device", "overlays", "test_sets", "budgets", "methods"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise InputError(source, f"unknown keys {unknown}; known: {sorted(known)}")
-    data_root = Path(raw["data_root"]).expanduser() if raw.get("data_root") else default_data_root()
-    weights_root = Path(raw["weights_root"]).expanduser() if raw.get("weights_root") else REPO_DIR
-    budgets = [Budget(str(b["key"]), str(b.get("title", b["key"]))) if isinstance(b, dict)
-               else Budget(str(b), str(b)) for b in raw.get("budgets") or []]
-    if not budgets:
-        raise InputError(source, "budgets: needs at least one label budget (e.g. - key: all)")
-    if len({b.key for b in budgets}) != len(budgets):
-        raise InputError(source, "budget keys must be unique")
-    methods = [_method(m, budgets, weights_root, source) for m in raw.get("methods") or []]
-    if not methods:
-        raise InputError(source, "methods: needs at least one method")
-    if len({m.key for m in methods}) != len(methods):
-        raise InputError(source, "method keys must be unique")
-    test_sets = [_test_set(t, data_root, source) for t in raw.get("test_sets") or []]
-    if not test_sets:
-        raise InputError(source, "test_sets: needs at least one test set")
-    if len({t.key for t in test_sets}) != len(test_sets):
-        raise InputError(source, "test set keys must be unique")
-    out_dir = Path(out) if out is not None else Path(raw.get("out") or "reports/cross_modality")
-    return ReportConfig(test_sets, budgets, methods, out_dir, str(raw.get("device", "auto")),
-                        bool(raw.get("overlays", True)), data_root, weights_root, source, raw)
-
-
-def load_report_config(path: str | os.PathLike = DEFAULT_CONFIG, out: str | os.PathLike | None = None) -> ReportConfig:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such report configuration")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping (test_sets:, budgets:, methods:)")
-    return parse_config(raw, str(path), out)
-
-
-# ============================================================================ methods
-
-
-def _file_stamp(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-
-
-def _missing(paths: list[Path], root: Path) -> list[str]:
-    out = []
-    for p in paths:
-        if not p.exists():
-            try:
-                out.append(str(p.relative_to(root)))
-            except ValueError:
-                out.append(str(p))
-    return out
-
-
-class Runner:
-    """One method at one budget: ``segment(image, modality) -> uint8 mask`` on the input grid.
-    Models load on first use, so a fully cached report never loads them."""
-
-    def __init__(self, method: Method, budget: str, files: list[Path], device: str,
-                 load: Callable[[], Callable]):
-        self.method, self.budget, self.files, self.device = method, budget, files, device
-        self._load, self._segment = load, None
-        self.fingerprint = hashlib.sha256(json.dumps({
-            "version": CACHE_VERSION, "kind": method.kind, "options": method.options,
-            "files": [_file_stamp(f) for f in files if f.is_file()],
-        }, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-    def segment(self, image, modality: str, case: str):
-        if self._segment is None:
-            self._segment = self._load()
-        return self._segment(image, modality, case)
-
-
-def _semanticgan_loader(method: Method, weights: dict, device: str):
-    def load():
-        from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
-        from medsemgan.inference.segment import SegmentOptions, segment_volume
-
-        model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
-                                             weights.get("config") or DEFAULT_CONFIG).to(resolve_device(device))
-        o = method.options
-        known = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16"}
-        unknown = sorted(set(o) - known)
-        if unknown:
-            raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
-
-        def segment(image, modality, case):
-            options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
-                                     batch_size=o.get("batch_size"), seed=o.get("seed", 0), lr=o.get("lr"),
-                                     early_stop_patience=o.get("early_stop_patience"), bf16=o.get("bf16"),
-                                     modality=modality)
-            mask, _ = segment_volume(image, model, options)
-            return mask
-        return segment
-    return load
-
-
-def _unet_loader(method: Method, weights: Path, device: str):
-    def load():
-        from medsemgan.inference.model import resolve_device
-        from medsemgan.inference.unet import UNetSegmenter, segment_volume_unet
-
-        segmenter = UNetSegmenter.from_file(weights).to(resolve_device(device))
-        batch = int(method.options.get("batch_size", 32))
-
-        def segment(image, modality, case):
-            mask, _ = segment_volume_unet(image, segmenter, modality=modality, batch_size=batch)
-            return mask
-        return segment
-    return load
-
-
-def _masks_loader(method: Method, folder: Path, device: str):
-    def load():
-        from monai.data import MetaTensor
-
-        from medsemgan.data.io import load_image, match_label_to_image
-
-        def segment(image, modality, case):
-            candidates = [folder / f"{case}{ext}" for ext in (".nii.gz", ".nii", ".nrrd", ".mha")]
-            found = next((p for p in candidates if p.is_file()), None)
-            if found is None:
-                raise InputError(folder, f"no mask for case {case} (expected {candidates[0].name})")
-            mask = match_label_to_image(image, load_image(found), found)
-            return MetaTensor((mask.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone())
-        return segment
-    return load
-
-
-def make_runner(method: Method, budget: str, weights_root: Path, device: str) -> Runner | str:
-    """A :class:`Runner`, or the reason the method is not available at this budget."""
-    if budget not in method.weights:
-        return "not available (no weights configured for this budget)"
-    value = method.weights[budget]
-    if method.kind == "semanticgan":
-        files = [value["generator"], value["encoder"]]
-        load = _semanticgan_loader(method, value, device)
-    elif method.kind == "unet":
-        files = [value] + ([value.with_suffix(".json")] if value.with_suffix(".json").exists() else [])
-        load = _unet_loader(method, value, device)
-    else:
-        files = [value]
-        load = _masks_loader(method, value, device)
-    missing = _missing(files, weights_root)
-    if missing:
-        return f"not available (missing {', '.join(missing)})"
-    return Runner(method, budget, files, device, load)
 
 
 # ============================================================================ running
@@ -373,11 +78,11 @@ def _case_fingerprint(study) -> dict:
 
 
 def _cache_file(out: Path, method: str, budget: str, test_set: str, case: str) -> Path:
-    return out / "cache" / _slug(method) / _slug(budget) / _slug(test_set) / f"{_slug(case)}.json"
+    return out / "cache" / slug(method) / slug(budget) / slug(test_set) / f"{slug(case)}.json"
 
 
 def prediction_file(out: Path, method: str, budget: str, case: str, test_set: str) -> Path:
-    return out / "predictions" / _slug(method) / _slug(budget) / _slug(test_set) / f"{_slug(case)}.nii.gz"
+    return out / "predictions" / slug(method) / slug(budget) / slug(test_set) / f"{slug(case)}.nii.gz"
 
 
 def _read_cache(path: Path, key: str) -> dict | None:
@@ -718,7 +423,7 @@ def make_figures(config: ReportConfig, rows: list[dict], out: Path, progress: bo
         if not series:
             continue
         path = save_png(dice_bars([c.name for c in ts.cases], series, f"Liver Dice per case: {ts.title}"),
-                        out / "figures" / f"dice_{_slug(ts.key)}.png")
+                        out / "figures" / f"dice_{slug(ts.key)}.png")
         figures["bars"][ts.key] = str(path.relative_to(out))
     if not config.overlays:
         return figures
@@ -747,7 +452,7 @@ def make_figures(config: ReportConfig, rows: list[dict], out: Path, progress: bo
                 log.warning("overlay %s/%s/%s failed: %s", m.key, b.key, study.name, err)
         if panels:
             path = save_png(overlay_strip(panels, f"{m.name}, {b.title}, {ts.title}"),
-                            out / "figures" / f"overlay_{_slug(ts.key)}_{_slug(m.key)}_{_slug(b.key)}.png")
+                            out / "figures" / f"overlay_{slug(ts.key)}_{slug(m.key)}_{slug(b.key)}.png")
             figures["overlays"][(ts.key, m.key, b.key)] = str(path.relative_to(out))
     return figures
 
@@ -785,6 +490,35 @@ def build_report(config: ReportConfig, progress: bool = True, command: str = "me
             "figures": figures}
 
 
+def record_in_sidecars(config: ReportConfig, result: dict, command: str) -> list[Path]:
+    """Write each U-Net's measured Dice into its weights' ``.json`` sidecar (key ``evaluation``).
+
+    The sidecar's ``evaluation`` entry is not part of the cache fingerprint, so recording does
+    not invalidate the cached results."""
+    written = []
+    for method in config.methods:
+        if method.kind != "unet":
+            continue
+        for budget, weights in method.weights.items():
+            side = weights.with_suffix(".json")
+            cells = result["summary"]["cells"].get(method.key, {}).get(budget)
+            if not side.is_file() or cells is None or not any(c["ok"] for c in cells.values()):
+                continue
+            record = {"date": result["summary"]["generated"], "command": command,
+                      "metric": "per-volume liver Dice (medsemgan.evaluation.metrics)"}
+            for ts in config.test_sets:
+                rows = [r for r in result["rows"] if (r["method"], r["budget"], r["test_set"]) == (method.key, budget, ts.key)]
+                stats = cells[ts.key]["dice"]
+                record[ts.key] = {"title": ts.title, "n": stats["n"], "mean": stats["mean"], "std": stats["std"],
+                                  "cases": {r["case"]: (round(r["dice"], 4) if r["status"] == "ok" else None) for r in rows}}
+            data = json.loads(side.read_text())
+            data["evaluation"] = record
+            with atomic_path(side) as tmp:
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            written.append(side)
+    return written
+
+
 # ============================================================================ the verb
 
 
@@ -797,6 +531,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--record-sidecars", action="store_true",
+                        help="write each U-Net's measured Dice into its weights' .json sidecar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -831,6 +567,9 @@ def run(args: argparse.Namespace) -> int:
                           if value]
                        + (["--no-overlays"] if args.no_overlays else []))
     result = build_report(config, progress=not args.no_progress, command=command)
+    if args.record_sidecars:
+        for side in record_in_sidecars(config, result, command):
+            print(f"recorded the Dice in {side}")
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     print(f"wrote {result['report']} ({len(result['rows']) - len(failed)} case result(s), {len(failed)} failed)")
     for m in config.methods:

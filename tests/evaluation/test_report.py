@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medsemgan.errors import InputError
-from medsemgan.evaluation.report import build_report, parse_config, pick_cases
+from medsemgan.evaluation.report import build_report, parse_config, pick_cases, record_in_sidecars
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import tiny_unet_config, write_case  # noqa: E402
@@ -125,8 +126,17 @@ def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_pa
     import os
 
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    third = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    result = build_report(parse_config(raw, "test", out), progress=False)
+    third = read_csv_after(result)
     assert {(r["method"], r["cached"]) for r in third} == {("perfect", "True"), ("unet", "False")}
+    # recording the measured Dice in the U-Net's sidecar keeps the cache valid
+    (side,) = record_in_sidecars(parse_config(raw, "test", out), result, "medsemgan report (test)")
+    recorded = json.loads(side.read_text())["evaluation"]
+    unet_ct = {r["case"]: float(r["dice"]) for r in third if r["method"] == "unet" and r["test_set"] == "ct"}
+    assert recorded["ct"]["cases"] == pytest.approx(unet_ct, abs=1e-4)
+    assert recorded["mri"]["n"] == 2 and recorded["command"] == "medsemgan report (test)"
+    fourth = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    assert {r["cached"] for r in fourth} == {"True"}
 
 
 def read_csv_after(result: dict) -> list[dict]:

@@ -1,0 +1,145 @@
+"""The report's methods: one :class:`Runner` per (method, label budget).
+
+Kinds: ``semanticgan`` (generator + encoder, ``medsemgan.inference.segment.segment_volume``;
+encoder only when ``options.encoder_only``), ``unet`` (``medsemgan.inference.unet``), ``masks``
+(a folder of precomputed ``<case>.nii.gz``). ``make_runner`` returns the reason instead of a
+runner when weights are missing. Models load on first use, so a fully cached report never loads
+them. A runner's ``fingerprint`` (kind, options, weight files' size and time, U-Net sidecar minus
+its recorded evaluation) keys the result cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from medsemgan.errors import InputError
+from medsemgan.evaluation.report_config import Method
+
+CACHE_VERSION = 1
+
+
+def _file_stamp(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _missing(paths: list[Path], root: Path) -> list[str]:
+    out = []
+    for p in paths:
+        if not p.exists():
+            try:
+                out.append(str(p.relative_to(root)))
+            except ValueError:
+                out.append(str(p))
+    return out
+
+
+class Runner:
+    """One method at one budget: ``segment(image, modality) -> uint8 mask`` on the input grid.
+    Models load on first use, so a fully cached report never loads them."""
+
+    def __init__(self, method: Method, budget: str, files: list[Path], device: str,
+                 load: Callable[[], Callable], extra: dict | None = None):
+        self.method, self.budget, self.files, self.device = method, budget, files, device
+        self._load, self._segment = load, None
+        self.fingerprint = hashlib.sha256(json.dumps({
+            "version": CACHE_VERSION, "kind": method.kind, "options": method.options,
+            "files": [_file_stamp(f) for f in files if f.exists()], "extra": extra or {},
+        }, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def segment(self, image, modality: str, case: str):
+        if self._segment is None:
+            self._segment = self._load()
+        return self._segment(image, modality, case)
+
+
+def _semanticgan_loader(method: Method, weights: dict, device: str):
+    def load():
+        from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
+        from medsemgan.inference.segment import SegmentOptions, segment_volume
+
+        model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
+                                             weights.get("config") or DEFAULT_CONFIG).to(resolve_device(device))
+        o = method.options
+        known = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16"}
+        unknown = sorted(set(o) - known)
+        if unknown:
+            raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
+
+        def segment(image, modality, case):
+            options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
+                                     batch_size=o.get("batch_size"), seed=o.get("seed", 0), lr=o.get("lr"),
+                                     early_stop_patience=o.get("early_stop_patience"), bf16=o.get("bf16"),
+                                     modality=modality)
+            mask, _ = segment_volume(image, model, options)
+            return mask
+        return segment
+    return load
+
+
+def _unet_loader(method: Method, weights: Path, device: str):
+    def load():
+        from medsemgan.inference.model import resolve_device
+        from medsemgan.inference.unet import UNetSegmenter, segment_volume_unet
+
+        segmenter = UNetSegmenter.from_file(weights).to(resolve_device(device))
+        batch = int(method.options.get("batch_size", 32))
+
+        def segment(image, modality, case):
+            mask, _ = segment_volume_unet(image, segmenter, modality=modality, batch_size=batch)
+            return mask
+        return segment
+    return load
+
+
+def _masks_loader(method: Method, folder: Path, device: str):
+    def load():
+        from monai.data import MetaTensor
+
+        from medsemgan.data.io import load_image, match_label_to_image
+
+        def segment(image, modality, case):
+            candidates = [folder / f"{case}{ext}" for ext in (".nii.gz", ".nii", ".nrrd", ".mha")]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise InputError(folder, f"no mask for case {case} (expected {candidates[0].name})")
+            mask = match_label_to_image(image, load_image(found), found)
+            return MetaTensor((mask.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone())
+        return segment
+    return load
+
+
+def make_runner(method: Method, budget: str, weights_root: Path, device: str) -> Runner | str:
+    """A :class:`Runner`, or the reason the method is not available at this budget."""
+    if budget not in method.weights:
+        return "not available (no weights configured for this budget)"
+    value = method.weights[budget]
+    extra: dict = {}
+    if method.kind == "semanticgan":
+        files = [value["generator"], value["encoder"]]
+        load = _semanticgan_loader(method, value, device)
+    elif method.kind == "unet":
+        files = [value]
+        # The sidecar's architecture and resolution matter; its recorded evaluation does not.
+        extra = {k: v for k, v in _read_sidecar(value).items() if k != "evaluation"}
+        load = _unet_loader(method, value, device)
+    else:
+        files = [value]
+        load = _masks_loader(method, value, device)
+    missing = _missing(files, weights_root)
+    if missing:
+        return f"not available (missing {', '.join(missing)})"
+    return Runner(method, budget, files, device, load, extra)
+
+
+def _read_sidecar(weights: Path) -> dict:
+    side = weights.with_suffix(".json")
+    try:
+        return json.loads(side.read_text()) if side.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {"unreadable": str(side)}
