@@ -461,6 +461,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="overrides training.max_seconds")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides training.device)")
     parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (overrides training.threads; 1 per run when several share a machine)")
     parser.add_argument("--export", default=None,
                         help="also copy the weights (and the .json sidecar beside them) to this .pt path")
 
@@ -478,6 +480,8 @@ def apply_overrides(config: dict, args) -> dict:
         t["device"] = args.device
     if args.data is not None:
         d["root"] = args.data
+    if args.threads is not None:
+        t["threads"] = args.threads
     return normalise_config(config, config.get("_source"))
 
 
