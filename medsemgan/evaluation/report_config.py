@@ -182,7 +182,7 @@ def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | Non
         raise InputError(source, "test_sets: needs at least one test set")
     if len({t.key for t in test_sets}) != len(test_sets):
         raise InputError(source, "test set keys must be unique")
-    out_dir = Path(out) if out is not None else Path(raw.get("out") or "reports/cross_modality")
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or "runs/report")
     return ReportConfig(test_sets, budgets, methods, out_dir, str(raw.get("device", "auto")),
                         bool(raw.get("overlays", True)), data_root, weights_root, source, raw)
 
