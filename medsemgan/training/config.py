@@ -34,6 +34,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # auto | cpu | cuda
+    "threads": None,  # CPU threads per process; None = torch's default (torchrun sets 1 per process)
     "kimg": 20.0,  # length of training in thousands of unlabeled (real) images shown to D_image
     "batch_size": 16,  # global unlabeled batch (split across processes)
     "labeled_batch_size": 16,  # global labeled batch for the joint discriminator

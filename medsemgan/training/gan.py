@@ -85,6 +85,8 @@ class GanTrainer:
         self.D_joint = D_joint.to(self.device).train()
         for net in (self.G, self.D_image, self.D_joint):
             broadcast_module(net, self.info)
+        # NHWC pays off in the discriminators only (levers.py); G keeps its model setting.
+        for net in (self.D_image, self.D_joint):
             apply_memory_format(net, self.levers["channels_last"])
         self.G_ema = make_ema(self.G)
         self.pl_mean = torch.zeros([], device=self.device)

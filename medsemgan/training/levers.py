@@ -4,7 +4,10 @@
   GPU). Losses are reduced in float32.
 - ``bf16_regularizers``: also autocast the R1 / path-length passes (double backward in bf16;
   the penalties themselves are reduced in float32). Measured about 10 % of a step on cpu128.
-- ``channels_last``: NHWC memory layout for the networks and their inputs.
+- ``channels_last``: NHWC memory layout for the discriminators and their inputs. The generator
+  keeps its own setting (``model.generator.channels_last_from``): on cpu128 NHWC made the
+  discriminator phases about 20 % faster but the generator slower (its resampling ops then pay
+  layout copies), measured per phase in CPU seconds.
 - ``fused_ops``: the compiled bias_act / upfirdn2d (medsemgan.ops); off forces
   ``MEDSEMGAN_OPS=reference`` for the duration of a step.
 - ``compile``: torch.compile; see docs/training.md for why it stays off.

@@ -204,6 +204,8 @@ def train_gan(
     ckpt = checkpoint_path(run_dir)
     if not resume and ckpt.exists():
         raise InputError(run_dir, "already holds a checkpoint: pass --resume to continue it, or choose another --out")
+    if config["training"]["threads"]:
+        torch.set_num_threads(int(config["training"]["threads"]))
     info = init_distributed(str(config["training"]["device"]))
     stop = stop or StopRequest()
     observer = None
