@@ -19,22 +19,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=None, help="global batch size (overrides training.batch_size)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides training.device)")
     parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per process (overrides training.threads; 1 is faster on a busy machine)")
     parser.add_argument("--no-fast", action="store_true", help="turn every speed lever off (training.fast: false)")
 
 
 def apply_overrides(config: dict, args: argparse.Namespace) -> dict:
+    """Apply the command-line overrides; attributes that are missing or None are left alone (the
+    bundle builds its own namespace with a subset of them)."""
     t, d = config["training"], config["data"]
-    if args.kimg is not None:
+
+    def given(name):
+        return getattr(args, name, None)
+
+    if given("kimg") is not None:
         t["kimg"] = args.kimg
-    if args.labeled is not None:
-        d["labeled_budget"] = int(args.labeled) if args.labeled.strip().isdigit() else args.labeled
-    if args.batch is not None:
+    if given("labeled") is not None:
+        labeled = args.labeled
+        if isinstance(labeled, str) and labeled.strip().isdigit():
+            labeled = int(labeled)
+        d["labeled_budget"] = labeled
+    if given("batch") is not None:
         t["batch_size"] = args.batch
-    if args.device is not None:
+    if given("device") is not None:
         t["device"] = args.device
-    if args.data is not None:
+    if given("data") is not None:
         d["root"] = args.data
-    if args.no_fast:
+    if given("threads") is not None:
+        t["threads"] = args.threads
+    if given("no_fast"):
         t["fast"] = False
     return normalise(config)
 

@@ -64,3 +64,14 @@ def test_bench_train_reports_fast_and_reference(tmp_path):
     assert result["s_per_kimg_fast"] > 0 and result["s_per_kimg_reference"] > 0
     assert result["speedup"] == pytest.approx(result["s_per_kimg_reference"] / result["s_per_kimg_fast"], rel=0.02)
     assert result["levers_fast"]["bf16"] is True
+
+
+def test_overrides_accept_partial_namespaces():
+    from medsemgan.training.cli_gan import apply_overrides
+
+    config = apply_overrides(tiny_config(), argparse.Namespace(kimg=2.0, labeled="volumes:1"))
+    assert config["training"]["kimg"] == 2.0 and config["data"]["labeled_budget"] == "volumes:1"
+    config = apply_overrides(tiny_config(), argparse.Namespace(labeled="20", no_fast=True, threads=1))
+    assert config["data"]["labeled_budget"] == 20 and config["training"]["fast"] is False
+    assert config["training"]["threads"] == 1
+    assert apply_overrides(tiny_config(), argparse.Namespace(labeled=8))["data"]["labeled_budget"] == 8
