@@ -27,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, import just that verb's module (fast start-up)."""
     parser = argparse.ArgumentParser(
         prog="medsemgan",
         description="Semi-supervised liver segmentation in CT and MRI (SemanticGAN-style).",
@@ -38,14 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for verb, (module_name, help_text) in COMMANDS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(verb_parser)
+        if only is None or verb == only:
+            importlib.import_module(module_name).add_arguments(verb_parser)
         verb_parser.set_defaults(_module=module_name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    # Importing every verb's module (torch, MONAI, ...) costs seconds: build only the one asked for.
+    chosen = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

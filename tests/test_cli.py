@@ -24,3 +24,13 @@ def test_unknown_verb_exits_nonzero():
         [sys.executable, "-m", "medsemgan.cli", "no-such-verb"], capture_output=True, text=True
     )
     assert out.returncode != 0
+
+
+def test_a_verb_builds_without_importing_the_other_verbs():
+    code = (
+        "import sys; from medsemgan import cli; cli.build_parser('info'); "
+        "print('medsemgan.evaluation.report' in sys.modules, 'medsemgan.data.info' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
