@@ -531,6 +531,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's; 1 when other jobs share the cores)")
     parser.add_argument("--record-sidecars", action="store_true",
                         help="write each U-Net's measured Dice into its weights' .json sidecar")
 
@@ -561,9 +563,14 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(path, f"--methods {unknown} not in the configuration ({known})")
         raw["methods"] = [m for m in raw.get("methods") or [] if m.get("key") in keep]
     config = parse_config(raw, str(path), args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(None, f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     command = " ".join(["medsemgan report", f"--config {args.config}"]
                        + [f"--{flag} {value}" for flag, value in (("out", args.out), ("data", args.data),
-                                                                   ("device", args.device), ("methods", args.methods))
+                                                                   ("device", args.device), ("methods", args.methods),
+                                                                   ("threads", args.threads))
                           if value]
                        + (["--no-overlays"] if args.no_overlays else []))
     result = build_report(config, progress=not args.no_progress, command=command)

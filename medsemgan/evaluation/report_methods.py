@@ -64,7 +64,7 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
         from medsemgan.inference.segment import SegmentOptions, segment_volume
 
         model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
-                                             weights.get("config") or DEFAULT_CONFIG).to(resolve_device(device))
+                                             model_config(weights) or DEFAULT_CONFIG).to(resolve_device(device))
         o = method.options
         known = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16"}
         unknown = sorted(set(o) - known)
@@ -122,6 +122,10 @@ def make_runner(method: Method, budget: str, weights_root: Path, device: str) ->
     extra: dict = {}
     if method.kind == "semanticgan":
         files = [value["generator"], value["encoder"]]
+        config = model_config(value)
+        if config is not None and Path(config).is_file():
+            files.append(Path(config))
+        extra = {"config": str(config)}
         load = _semanticgan_loader(method, value, device)
     elif method.kind == "unet":
         files = [value]
@@ -135,6 +139,15 @@ def make_runner(method: Method, budget: str, weights_root: Path, device: str) ->
     if missing:
         return f"not available (missing {', '.join(missing)})"
     return Runner(method, budget, files, device, load, extra)
+
+
+def model_config(weights: dict) -> str | Path | None:
+    """The GAN's configuration: the method's ``config:``, else the bundle's ``configs/model.yaml``
+    beside ``models/generator.pt`` (as ``SegmentationModel.from_bundle`` does), else None (cpu128)."""
+    if weights.get("config"):
+        return weights["config"]
+    bundled = Path(weights["generator"]).parent.parent / "configs" / "model.yaml"
+    return bundled if bundled.is_file() else None
 
 
 def _read_sidecar(weights: Path) -> dict:

@@ -199,3 +199,31 @@ def test_pick_cases_best_median_worst():
     picks = pick_cases(rows)
     assert [(tag, row["case"]) for tag, row in picks] == [("best", "b"), ("median", "d"), ("worst", "c")]
     assert [t for t, _ in pick_cases(rows[:1])] == ["best"]  # one case: one panel
+
+
+def test_semanticgan_rows_run_with_the_shipped_bundle(workspace, tmp_path):
+    """Both SemanticGAN rows through the real generator/encoder of the bundle (one phantom case)."""
+    from medsemgan.paths import DEFAULT_BUNDLE_DIR
+
+    models = DEFAULT_BUNDLE_DIR / "models"
+    if not (models / "generator.pt").is_file():
+        pytest.fail(f"{models / 'generator.pt'} is missing: the bundle ships its weights")
+    weights = {"all": {"generator": str(models / "generator.pt"), "encoder": str(models / "encoder.pt")}}
+    raw = {
+        "data_root": str(workspace / "data"), "overlays": False,
+        "test_sets": [{"key": "ct", "modality": "CT", "cases": [
+            {"name": "c0", "image": "ct/image_c0.nii.gz", "label": "ct/label_c0.nii.gz"}]}],
+        "budgets": [{"key": "all"}],
+        "methods": [
+            {"key": "tto", "kind": "semanticgan", "options": {"steps": 1, "seed": 0}, "weights": weights},
+            {"key": "enc", "kind": "semanticgan", "options": {"encoder_only": True}, "weights": weights},
+        ],
+    }
+    result = build_report(parse_config(raw, "test", tmp_path / "gan"), progress=False)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"tto", "enc"}
+    for row in rows.values():
+        assert row["status"] == "ok", row["error"]
+        assert 0.0 <= row["dice"] <= 1.0
+        pred = nib.load(row["prediction"])
+        assert pred.shape == (48, 40, 6)
