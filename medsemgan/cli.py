@@ -8,11 +8,11 @@ does not pay for importing the models.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from medsemgan import __version__
+from medsemgan.cli_registry import add_subcommands, chosen_module
 from medsemgan.errors import InputError
 
 # verb -> (module, one-line help). Add a verb here when its module exists and works.
@@ -35,13 +35,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"medsemgan {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for verb, (module_name, help_text) in COMMANDS.items():
-        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
-        if only is None or verb == only:
-            importlib.import_module(module_name).add_arguments(verb_parser)
-        verb_parser.set_defaults(_module=module_name)
+    add_subcommands(parser, COMMANDS, dest="command", module_key="_module", metavar="COMMAND", only=only)
     return parser
 
 
@@ -55,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    module = importlib.import_module(args._module)
+    module = chosen_module(args, "_module")
     try:
         return int(module.run(args) or 0)
     except InputError as err:

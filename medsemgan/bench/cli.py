@@ -7,8 +7,9 @@ A benchmark module ``medsemgan.bench.<what>`` provides ``add_arguments(parser)``
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+
+from medsemgan.cli_registry import add_subcommands, chosen_module
 
 # what -> (module, help). Add a benchmark here when its module exists.
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -20,15 +21,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="benchmark", metavar="WHAT")
-    sub.required = True
-    for name, (module_name, help_text) in BENCHMARKS.items():
-        bench_parser = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module_name).add_arguments(bench_parser)
-        bench_parser.set_defaults(_bench_module=module_name)
+    add_subcommands(parser, BENCHMARKS, dest="benchmark", module_key="_bench_module")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = importlib.import_module(args._bench_module).run(args)
+    result = chosen_module(args, "_bench_module").run(args)
     print(json.dumps(result, indent=2))
     return 0

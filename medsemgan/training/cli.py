@@ -7,9 +7,10 @@ register in ``TRAINERS`` below: a module with ``add_arguments(parser)`` and ``ru
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+
+from medsemgan.cli_registry import add_subcommands, chosen_module
 
 # what -> (module, help). The GAN's subcommand lives here; others add a line.
 TRAINERS: dict[str, tuple[str, str]] = {
@@ -20,16 +21,11 @@ TRAINERS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="trainer", metavar="WHAT")
-    sub.required = True
-    for name, (module_name, help_text) in TRAINERS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module_name).add_arguments(p)
-        p.set_defaults(_train_module=module_name)
+    add_subcommands(parser, TRAINERS, dest="trainer", module_key="_train_module")
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(importlib.import_module(args._train_module).run(args) or 0)
+    return int(chosen_module(args, "_train_module").run(args) or 0)
 
 
 def print_summary(summary: dict) -> None:
