@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsemgan.config_files import config_path, read_yaml_mapping
 from medsemgan.errors import InputError
-from medsemgan.paths import CONFIG_DIR, DEFAULT_BUNDLE_DIR
+from medsemgan.paths import DEFAULT_BUNDLE_DIR
 
 DEFAULT_CONFIG = "cpu128"
 GENERATOR_FILE = Path("models") / "generator.pt"
@@ -40,18 +41,6 @@ class ModelConfig:
                 "_source": self.source}
 
 
-def config_file(name_or_path: str | os.PathLike) -> Path:
-    text = os.fspath(name_or_path)
-    if text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text:
-        path = Path(text)
-    else:
-        path = CONFIG_DIR / f"{text}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise InputError(path, f"no such configuration file (shipped names: {', '.join(known) or 'none'})")
-    return path
-
-
 def load_model_sections(name_or_path: str | os.PathLike | dict) -> ModelConfig:
     """``model`` (checked by the models layer), ``encoder`` and ``inference`` sections."""
     from medsemgan.models.config import load_model_config, model_config_from_dict
@@ -63,15 +52,8 @@ def load_model_sections(name_or_path: str | os.PathLike | dict) -> ModelConfig:
         model = model_config_from_dict(raw.get("model") or {}, raw.get("_source", "<dict>"))
         return ModelConfig(model, dict(raw.get("encoder") or {}), dict(raw.get("inference") or {}),
                            str(raw.get("_source", "<dict>")))
-    import yaml
-
-    path = config_file(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping with sections model:, encoder:, inference:")
+    path = config_path(name_or_path)
+    raw = read_yaml_mapping(path, "expected a mapping with sections model:, encoder:, inference:")
     model = load_model_config(path)
     for section in ("encoder", "inference"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):

@@ -14,10 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medsemgan.config_files import config_path, read_yaml_mapping
 from medsemgan.errors import InputError
-from medsemgan.paths import CONFIG_DIR
 from medsemgan.training.augment import AugmentConfig
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -102,28 +100,8 @@ def levers_from(training: dict) -> dict[str, bool]:
     return flags
 
 
-def config_path(name_or_path: str | os.PathLike) -> Path:
-    """``cpu128`` -> medsemgan/configs/cpu128.yaml; anything with a suffix or slash is a path."""
-    text = os.fspath(name_or_path)
-    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
-        path = Path(text)
-    else:
-        path = CONFIG_DIR / f"{text}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise InputError(path, f"no such configuration file (shipped names: {', '.join(known) or 'none'})")
-    return path
-
-
 def read_yaml(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping with sections model:, data:, training:")
-    return raw
+    return read_yaml_mapping(path, "expected a mapping with sections model:, data:, training:")
 
 
 def _merge_section(path, section: str, defaults: dict, values: dict | None) -> dict:
