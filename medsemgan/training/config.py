@@ -104,7 +104,8 @@ def read_yaml(path: Path) -> dict:
     return read_yaml_mapping(path, "expected a mapping with sections model:, data:, training:")
 
 
-def _merge_section(path, section: str, defaults: dict, values: dict | None) -> dict:
+def merge_section(path, section: str, defaults: dict, values: dict | None) -> dict:
+    """``defaults`` updated with ``values``; a key ``defaults`` lacks is an error naming ``section``."""
     values = dict(values or {})
     unknown = sorted(set(values) - set(defaults))
     if unknown:
@@ -117,8 +118,8 @@ def _merge_section(path, section: str, defaults: dict, values: dict | None) -> d
 def normalise(config: dict, path: str | os.PathLike | None = None) -> dict:
     """Fill defaults and check the ``data`` and ``training`` sections; returns a new dict."""
     config = copy.deepcopy(config)
-    data = _merge_section(path, "data", DATA_DEFAULTS, config.get("data"))
-    training = _merge_section(path, "training", TRAINING_DEFAULTS, config.get("training"))
+    data = merge_section(path, "data", DATA_DEFAULTS, config.get("data"))
+    training = merge_section(path, "training", TRAINING_DEFAULTS, config.get("training"))
     try:
         AugmentConfig.from_dict(training["augment"])
         levers_from(training)

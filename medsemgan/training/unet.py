@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
+from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
-from medsemgan.paths import CONFIG_DIR
+from medsemgan.training.config import merge_section, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 # --- configuration ----------------------------------------------------------------------------
 
 
-def _merge(path, section: str, defaults: dict, values: dict | None) -> dict:
-    values = dict(values or {})
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise InputError(path, f"unknown keys in {section}: {unknown}; known: {sorted(defaults)}")
-    merged = copy.deepcopy(defaults)
-    merged.update(values)
-    return merged
-
-
 def normalise_config(config: dict, path: str | os.PathLike | None = None) -> dict:
     """Fill defaults, reject unknown keys (a typo must not silently train with a default)."""
     from medsemgan.training.augment import AugmentConfig
@@ -112,9 +103,9 @@ def normalise_config(config: dict, path: str | os.PathLike | None = None) -> dic
     if unknown:
         raise InputError(path, f"unknown sections {unknown}; expected model:, data:, training:")
     out = {
-        "model": _merge(path, "model", MODEL_DEFAULTS, config.get("model")),
-        "data": _merge(path, "data", DATA_DEFAULTS, config.get("data")),
-        "training": _merge(path, "training", TRAINING_DEFAULTS, config.get("training")),
+        "model": merge_section(path, "model", MODEL_DEFAULTS, config.get("model")),
+        "data": merge_section(path, "data", DATA_DEFAULTS, config.get("data")),
+        "training": merge_section(path, "training", TRAINING_DEFAULTS, config.get("training")),
     }
     if "_source" in config:
         out["_source"] = config["_source"]
@@ -147,19 +138,8 @@ def normalise_config(config: dict, path: str | os.PathLike | None = None) -> dic
 
 def load_unet_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
     """``unet_cpu`` -> medsemgan/configs/unet_cpu.yaml; anything with a suffix or slash is a path."""
-    import yaml
-
-    text = os.fspath(name_or_path)
-    path = Path(text) if (os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))) else CONFIG_DIR / f"{text}.yaml"
-    if not path.is_file():
-        raise InputError(path, "no such configuration file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping with sections model:, data:, training:")
-    config = normalise_config(raw, path)
+    path = config_path(name_or_path)
+    config = normalise_config(read_yaml(path), path)
     config["_source"] = str(path)
     return config
 
