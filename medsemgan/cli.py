@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
     "demo": ("medsemgan.bundle.demo", "segment the sample study shipped with the bundle (and real studies if present)"),
     "info": ("medsemgan.data.info", "describe a CT/MRI volume as JSON: format, shape, spacing, orientation, modality, series"),
+    "export": ("medsemgan.bundle.export", "put trained generator/encoder weights into a bundle (fp16, with provenance)"),
     "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
     "segment": ("medsemgan.inference.segment", "segment the liver: NIfTI/NRRD/DICOM study in, NIfTI mask out"),
     "train": ("medsemgan.training.cli", "train models: gan (encoder, unet as they land)"),

@@ -1,0 +1,102 @@
+"""`medsemgan export`: trained weights into a bundle's models/, cast, checked, with provenance."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+
+from helpers import tiny_config  # noqa: E402
+
+from medsemgan.bundle.export import PROVENANCE_NAME, export_encoder, export_generator  # noqa: E402
+from medsemgan.cli import main  # noqa: E402
+from medsemgan.errors import InputError  # noqa: E402
+from medsemgan.models.build import build_generator  # noqa: E402
+from medsemgan.training.checkpoint import load_checkpoint  # noqa: E402
+from medsemgan.training.encoder import train_encoder  # noqa: E402
+from medsemgan.training.run import train_gan  # noqa: E402
+from medsemgan.training.synthetic import synthetic_tensors  # noqa: E402
+
+ENCODER = {"channels": [8, 16, 16], "fpn_channels": 8, "head_channels": 8,
+           "train": {"kimg": 0.012, "batch_size": 4, "labeled_batch_size": 2, "synthetic_batch_size": 2,
+                     "warmup_kimg": 0.004, "lr": 1e-3, "checkpoint_kimg": 0.004, "progress": False,
+                     "tensorboard": False}}
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    config = tiny_config({"kimg": 0.012}, model={"resolution": 32})  # the encoder needs >= 32 px
+    out = tmp_path_factory.mktemp("gan") / "run"
+    train_gan(config, out)
+    return config, out
+
+
+def _encoder_run(config, generator: Path, out: Path) -> Path:
+    encoder_config = {"model": config["model"], "data": config["data"], "encoder": ENCODER}
+    train_encoder(encoder_config, out, generator=generator, tensors=synthetic_tensors(32, 8, 3, seed=0))
+    return out
+
+
+def test_generator_export_is_cast_checked_and_recorded(gan_run, tmp_path):
+    config, run = gan_run
+    models = tmp_path / "bundle" / "models"
+    out = export_generator(run, models, dtype="fp16")
+    state = torch.load(out, weights_only=True)
+    assert out.name == "generator.pt"
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    ema = load_checkpoint(run / "checkpoint.pt")["G_ema"]
+    G = build_generator(config["model"])
+    G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    assert all(torch.allclose(G.state_dict()[k].float(), ema[k].float(), rtol=1e-3, atol=1e-3) for k in ema)
+
+    record = json.loads((models / PROVENANCE_NAME).read_text())["generator.pt"]
+    assert record["images_seen"] == load_checkpoint(run / "checkpoint.pt")["images_seen"] > 0
+    assert record["dtype"] == "fp16" and len(record["sha256"]) == 64
+    check = record["cast_check"]
+    assert 0 < check["image_max_abs_diff"] < 0.05 and check["mask_pixels_differing"] <= 1e-3
+
+
+def test_budget_names_the_report_files(gan_run, tmp_path):
+    _, run = gan_run
+    out = export_generator(run, tmp_path / "models", dtype="fp16", budget="8")
+    assert out.name == "generator_8.pt"
+    assert "generator_8.pt" in json.loads((tmp_path / "models" / PROVENANCE_NAME).read_text())
+
+
+def test_a_lossy_cast_is_refused_and_nothing_written(gan_run, tmp_path):
+    _, run = gan_run
+    with pytest.raises(InputError, match="--dtype"):
+        export_generator(run, tmp_path / "models", dtype="fp16", max_mask_disagreement=-1.0)
+    assert not (tmp_path / "models" / "generator.pt").exists()
+
+
+def test_encoder_must_belong_to_the_bundle_generator(gan_run, tmp_path):
+    config, run = gan_run
+    models = tmp_path / "models"
+    generator = export_generator(run, models, dtype="fp16")
+    other = tmp_path / "other_generator.pt"
+    torch.manual_seed(5)
+    torch.save(build_generator(config["model"]).state_dict(), other)
+
+    stray = _encoder_run(config, other, tmp_path / "enc_other")
+    with pytest.raises(InputError, match="trained against"):
+        export_encoder(stray, models)
+    assert not (models / "encoder.pt").exists()
+
+    matching = _encoder_run(config, generator, tmp_path / "enc_ok")
+    out = export_encoder(matching, models)
+    assert all(v.dtype == torch.float16 for v in torch.load(out, weights_only=True).values() if v.is_floating_point())
+    record = json.loads((models / PROVENANCE_NAME).read_text())
+    assert set(record) == {"generator.pt", "encoder.pt"}
+    assert str(generator.resolve()) in record["encoder.pt"]["generator"]
+
+
+def test_cli_names_the_missing_run(tmp_path, capsys):
+    code = main(["export", "--gan", str(tmp_path / "nowhere"), "--bundle", str(tmp_path / "b")])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
