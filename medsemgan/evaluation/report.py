@@ -52,6 +52,7 @@ from medsemgan.evaluation.report_config import (  # noqa: F401  (parse_config et
     slug,
     load_report_config,
     parse_config,
+    read_report_yaml,
 )
 from medsemgan.evaluation.report_methods import Runner, make_runner
 from medsemgan.io_utils import atomic_path
@@ -538,17 +539,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     path = Path(args.config)
-    if not path.is_file():
-        raise InputError(path, "no such report configuration")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping (test_sets:, budgets:, methods:)")
+    raw = read_report_yaml(path)
     if args.data:
         raw["data_root"] = args.data
     if args.device:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medsemgan.config_files import read_yaml_mapping
 from medsemgan.errors import InputError
 from medsemgan.paths import CONFIG_DIR, REPO_DIR
 
@@ -187,16 +188,13 @@ def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | Non
                         bool(raw.get("overlays", True)), data_root, weights_root, source, raw)
 
 
-def load_report_config(path: str | os.PathLike = DEFAULT_CONFIG, out: str | os.PathLike | None = None) -> ReportConfig:
-    import yaml
-
+def read_report_yaml(path: str | os.PathLike) -> dict:
+    """The report configuration file's mapping, unchecked (``parse_config`` checks it)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such report configuration")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(path, f"not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping (test_sets:, budgets:, methods:)")
-    return parse_config(raw, str(path), out)
+    return read_yaml_mapping(path, "expected a mapping (test_sets:, budgets:, methods:)")
+
+
+def load_report_config(path: str | os.PathLike = DEFAULT_CONFIG, out: str | os.PathLike | None = None) -> ReportConfig:
+    return parse_config(read_report_yaml(path), str(Path(path)), out)
