@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -102,6 +102,50 @@ def resolve_modality(image: MetaTensor, path: str | os.PathLike | None,
     return guess, "guessed from intensities"
 
 
+@dataclass
+class VolumePrediction:
+    """A method's liver probability taken back to the input volume's grid (``predict_volume``)."""
+
+    image: MetaTensor  # the input as loaded, [1, X, Y, Z]
+    path: str | os.PathLike | None  # where it came from, when known
+    modality: str
+    modality_from: str
+    probability: torch.Tensor  # float32 [1, X, Y, Z] on the input's grid, not clamped
+    slices: int  # model-space slices the method predicted
+
+
+def predict_volume(image: str | os.PathLike | MetaTensor, resolution: int,
+                   predict: Callable[[MetaTensor], torch.Tensor],
+                   modality: str | None = None) -> VolumePrediction:
+    """The geometry path every segmentation method shares (the GAN here, the U-Net baseline in
+    ``medsemgan.inference.unet``): load -> ``resolve_modality`` -> ``preprocess(modality,
+    resolution)`` -> ``predict`` (model-space volume ``[1, S, S, Z]`` -> liver probability
+    ``[1, S, S, Z]`` on the CPU) -> MONAI ``Invertd`` back to the input's exact shape."""
+    from monai.transforms import Invertd
+
+    from medsemgan.data.io import load_image
+    from medsemgan.data.transforms import preprocess
+
+    path = None
+    if not isinstance(image, MetaTensor):
+        path = image
+        image = load_image(image)
+    else:
+        path = image.meta.get("source") or image.meta.get("filename_or_obj")
+    modality, modality_from = resolve_modality(image, path, modality)
+    transform = preprocess(modality, resolution, keys=("image",))
+    data = transform({"image": image})
+    prob = predict(data["image"])
+    data["pred"] = MetaTensor(prob)
+    inverted = Invertd(keys="pred", transform=transform, orig_keys="image",
+                       nearest_interp=False)(data)["pred"]
+    if tuple(inverted.shape[1:]) != tuple(image.shape[1:]):
+        raise RuntimeError(f"inverted prediction has shape {tuple(inverted.shape[1:])}, "
+                           f"input {tuple(image.shape[1:])}")
+    return VolumePrediction(image, path, modality, modality_from, inverted.as_tensor().float(),
+                            int(prob.shape[-1]))
+
+
 def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationModel,
                    options: SegmentOptions | None = None) -> tuple[MetaTensor, dict[str, Any]]:
     """Segment one volume; returns ``(mask, extras)``.
@@ -111,43 +155,28 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     ``recon_mse`` / ``steps_run`` per slice (model-space order: inferior to superior),
     ``mean_recon_mse``, ``out_of_domain``, ``modality``, ``seconds``.
     """
-    from monai.transforms import Invertd
-
-    from medsemgan.data.io import load_image
-    from medsemgan.data.transforms import preprocess
-
     options = options or SegmentOptions()
     started = time.perf_counter()
-    path = None
-    if not isinstance(image, MetaTensor):
-        path = image
-        image = load_image(image)
-    else:
-        path = image.meta.get("source") or image.meta.get("filename_or_obj")
-    modality, modality_from = resolve_modality(image, path, options.modality)
     cfg = model.config.inference
     tto = options.tto_options(cfg)
-    transform = preprocess(modality, model.resolution, keys=("image",))
-    data = transform({"image": image})
     inferer = TTOInferer(tto, batch_size=options.slice_batch(cfg), progress=options.progress)
-    logits = inferer(data["image"].as_tensor()[None], model)
-    prob = torch.sigmoid(logits[0, :1].float()).cpu()
-    data["pred"] = MetaTensor(prob)
-    inverted = Invertd(keys="pred", transform=transform, orig_keys="image",
-                       nearest_interp=False)(data)["pred"]
-    if tuple(inverted.shape[1:]) != tuple(image.shape[1:]):
-        raise RuntimeError(f"inverted prediction has shape {tuple(inverted.shape[1:])}, "
-                           f"input {tuple(image.shape[1:])}")
+
+    def predict(volume: MetaTensor) -> torch.Tensor:
+        logits = inferer(volume.as_tensor()[None], model)
+        return torch.sigmoid(logits[0, :1].float()).cpu()
+
+    predicted = predict_volume(image, model.resolution, predict, options.modality)
+    image, path = predicted.image, predicted.path
     # The inverse transforms recompute the affine in floating point; the input's own is exact.
-    prob_volume = MetaTensor(inverted.as_tensor().float().clamp_(0, 1), affine=image.affine.clone())
+    prob_volume = MetaTensor(predicted.probability.clamp_(0, 1), affine=image.affine.clone())
     mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
                       affine=image.affine.clone())
     recon = inferer.last_extras["recon_mse"][0].cpu()
     mean_recon = float(recon.mean())
     threshold = float(cfg.get("ood_mse_threshold", DEFAULT_OOD_MSE))
     extras: dict[str, Any] = {
-        "modality": modality,
-        "modality_from": modality_from,
+        "modality": predicted.modality,
+        "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
         "slices": int(recon.numel()),
         "steps": tto.steps,

@@ -4,8 +4,8 @@
 ``medsemgan train unet`` (architecture and model resolution) and loads the plain state dict
 (``weights_only=True``; fp16/bf16 files are cast back to float32).
 
-``segment_volume_unet(image, segmenter)`` does exactly what ``medsemgan.inference.segment.
-segment_volume`` does for the GAN, with the U-Net in place of encoder + test-time optimisation:
+``segment_volume_unet(image, segmenter)`` runs the GAN's geometry path (``medsemgan.inference.
+segment.predict_volume``) with the U-Net in place of encoder + test-time optimisation:
 load -> ``preprocess(modality, resolution)`` (canonical orientation, CT window / MRI percentiles,
 body crop, resize) -> every slice through the network -> liver probability -> MONAI ``Invertd``
 back to the input's exact shape and affine -> mask (probability > 0.5). Same modality rules
@@ -104,36 +104,23 @@ def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSe
     ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
     ``extras``: ``modality``, ``modality_from``, ``shape``, ``slices``, ``liver_voxels``, ``seconds``.
     """
-    from monai.transforms import Invertd
-
-    from medsemgan.data.io import load_image
     from medsemgan.data.slices import volume_to_slices
-    from medsemgan.data.transforms import preprocess
-    from medsemgan.inference.segment import resolve_modality
+    from medsemgan.inference.segment import predict_volume
+
+    def predict(volume: MetaTensor) -> torch.Tensor:
+        prob = predict_slices(segmenter, volume_to_slices(volume), batch_size)  # [Z,1,S,S]
+        return prob.permute(1, 2, 3, 0).contiguous()
 
     started = time.perf_counter()
-    path = None
-    if not isinstance(image, MetaTensor):
-        path = image
-        image = load_image(image)
-    else:
-        path = image.meta.get("source") or image.meta.get("filename_or_obj")
-    modality, modality_from = resolve_modality(image, path, modality)
-    transform = preprocess(modality, segmenter.resolution, keys=("image",))
-    data = transform({"image": image})
-    prob = predict_slices(segmenter, volume_to_slices(data["image"]), batch_size)  # [Z,1,S,S]
-    data["pred"] = MetaTensor(prob.permute(1, 2, 3, 0).contiguous())
-    inverted = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(data)["pred"]
-    if tuple(inverted.shape[1:]) != tuple(image.shape[1:]):
-        raise RuntimeError(f"inverted prediction has shape {tuple(inverted.shape[1:])}, "
-                           f"input {tuple(image.shape[1:])}")
+    predicted = predict_volume(image, segmenter.resolution, predict, modality)
+    image = predicted.image
     # The inverse transforms recompute the affine in floating point; the input's own is exact.
-    mask = MetaTensor((inverted.as_tensor().float() > threshold).to(torch.uint8), affine=image.affine.clone())
+    mask = MetaTensor((predicted.probability > threshold).to(torch.uint8), affine=image.affine.clone())
     return mask, {
-        "modality": modality,
-        "modality_from": modality_from,
+        "modality": predicted.modality,
+        "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
-        "slices": int(prob.shape[0]),
+        "slices": predicted.slices,
         "liver_voxels": int(mask.sum()),
         "seconds": time.perf_counter() - started,
     }
