@@ -50,6 +50,7 @@ class SegmentOptions:
     lr: float | None = None
     early_stop_patience: int | None = None
     bf16: bool | None = None
+    optimize_noise: bool | None = None  # per-slice noise maps optimised with w+ (docs/inference.md)
     modality: str | None = None  # 'CT' / 'MR' override
     save_prob: bool = False
     threshold: float = 0.5
@@ -59,6 +60,8 @@ class SegmentOptions:
     def tto_options(self, inference_cfg: dict) -> TTOOptions:
         overrides = dict(self.extra_tto, steps=0 if self.encoder_only else self.steps, seed=self.seed,
                          lr=self.lr, early_stop_patience=self.early_stop_patience, bf16=self.bf16)
+        if self.optimize_noise is not None:  # else keep an extra_tto value
+            overrides["optimize_noise"] = self.optimize_noise
         return TTOOptions.from_config(inference_cfg, **overrides)
 
     def slice_batch(self, inference_cfg: dict) -> int:
@@ -269,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None, help="slices optimised together")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same input + seed -> same mask)")
+    parser.add_argument("--optimize-noise", action=argparse.BooleanOptionalAction, default=None,
+                        help="also optimise per-slice noise maps (default: the configuration's "
+                             "optimize_noise, off in the shipped configs)")
     parser.add_argument("--modality", choices=["CT", "MR", "ct", "mr"], default=None,
                         help="override the modality (NIfTI/NRRD files do not record it)")
     parser.add_argument("--save-prob", action="store_true",
@@ -298,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args).to(device)
     options = SegmentOptions(steps=args.steps, encoder_only=args.encoder_only, batch_size=args.batch_size,
                              seed=args.seed, modality=args.modality, save_prob=args.save_prob,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress,
+                             optimize_noise=getattr(args, "optimize_noise", None))
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output exists and is not a folder")

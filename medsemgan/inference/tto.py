@@ -5,6 +5,13 @@ For a batch of slices ``x``: ``w+ <- E(x)``, then ``steps`` Adam steps on ``w+``
 term ``||w+ - E(G_image(w+))||^2``), with StyleGAN's projector learning-rate ramp (linear ramp-up,
 cosine ramp-down). The label is ``G_label(w+)`` at the best ``w+`` seen.
 
+With ``optimize_noise`` each slice also gets its own noise maps (one per noise input of the
+synthesis network), optimised jointly with ``w+`` as in StyleGAN2's projector: a multi-scale
+autocorrelation penalty keeps them noise-like and they are re-normalised to zero mean and unit
+variance after every step. The penalty shapes the noise only; the best-state selection and the
+early stopping compare the reconstruction objective, as without noise (the penalty, weighted 1e5,
+would drown it).
+
 Design points, each tested:
 - Losses are summed over slices and Adam runs per element, so a slice's trajectory is the same
   whether it is optimised alone or with others (up to floating-point rounding of batched convs).
@@ -13,7 +20,9 @@ Design points, each tested:
   every slice has stopped. Freezing keeps the batch-independence above.
 - Runs under ``torch.enable_grad()`` even when called inside ``torch.no_grad()`` (MONAI
   evaluators call inferers that way).
-- Deterministic for a given input and seed: the global RNG is forked and seeded.
+- Deterministic for a given input and seed: the global RNG is forked and seeded; the initial
+  noise maps come from their own generator seeded with ``seed`` and are the same for every slice
+  (a slice's start does not depend on its position in the batch).
 """
 
 from __future__ import annotations
@@ -24,10 +33,13 @@ from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from medsemgan.inference.losses import mse_per_slice, reconstruction_loss_per_slice
+
+NOISE_INITS = ("random", "const")
 
 
 @dataclass
@@ -45,6 +57,10 @@ class TTOOptions:
     early_stop_patience: int = 0  # 0 = off; else steps without improvement before a slice stops
     early_stop_rel_tol: float = 1e-3  # improvement (fraction of the best loss) that resets patience
     noise_mode: str = "const"  # generator noise; 'const' keeps slices independent and repeatable
+    optimize_noise: bool = False  # per-slice noise maps optimised with w+ (overrides noise_mode)
+    noise_lr: float = 0.1  # peak Adam lr of the noise maps (same schedule as lr; the projector's 0.1)
+    noise_reg_weight: float = 1e5  # multi-scale autocorrelation penalty (the projector's weight)
+    noise_init: str = "random"  # 'random': N(0, 1) from seed; 'const': the generator's fixed maps
     bf16: bool = False  # bfloat16 autocast on CPU / CUDA for the generator and encoder
     seed: int = 0
 
@@ -68,6 +84,15 @@ class TTOOptions:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.early_stop_patience < 0:
             raise ValueError(f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+        # A YAML/CLI string such as "false" would be truthy: insist on a real boolean.
+        if not isinstance(self.optimize_noise, bool):
+            raise ValueError(f"optimize_noise must be true or false, got {self.optimize_noise!r}")
+        if self.noise_lr <= 0:
+            raise ValueError(f"noise_lr must be > 0, got {self.noise_lr}")
+        if self.noise_reg_weight < 0:
+            raise ValueError(f"noise_reg_weight must be >= 0, got {self.noise_reg_weight}")
+        if self.noise_init not in NOISE_INITS:
+            raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
 
 
 @dataclass
@@ -75,21 +100,74 @@ class TTOResult:
     ws: torch.Tensor  # [N, num_ws, w_dim] at the best loss
     label_logits: torch.Tensor  # [N, L, S, S]
     image: torch.Tensor  # [N, 1, S, S] the generator's reconstruction
-    loss: torch.Tensor  # [N] objective at the returned ws
+    loss: torch.Tensor  # [N] objective at the returned ws (without the noise penalty)
     recon_mse: torch.Tensor  # [N] MSE of the reconstruction (out-of-domain indicator)
     steps_run: torch.Tensor  # [N] optimisation steps each slice took
-    history: list[float] = field(default_factory=list)  # summed loss per step (diagnostics)
+    history: list[float] = field(default_factory=list)  # summed `loss` per step (diagnostics)
+    noise: list[torch.Tensor] | None = None  # optimize_noise: best maps, [N, 1, r, r] per input
+    noise_reg: torch.Tensor | None = None  # [N] noise penalty (unweighted) at the best state
 
 
-def learning_rate(step: int, steps: int, options: TTOOptions) -> float:
-    """StyleGAN projector schedule for step ``step`` of ``steps`` (0-based)."""
+def lr_ramp(step: int, steps: int, options: TTOOptions) -> float:
+    """StyleGAN projector schedule, as a factor of the peak learning rate."""
     t = step / max(1, steps)
     ramp = min(1.0, (1.0 - t) / options.lr_rampdown) if options.lr_rampdown > 0 else 1.0
     ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
     if options.lr_rampup > 0:
         # (step + 1): the projector's first step has lr 0, a waste when K is small.
         ramp *= min(1.0, (step + 1) / max(1, steps) / options.lr_rampup)
-    return options.lr * ramp
+    return ramp
+
+
+def learning_rate(step: int, steps: int, options: TTOOptions) -> float:
+    """StyleGAN projector schedule for step ``step`` of ``steps`` (0-based)."""
+    return options.lr * lr_ramp(step, steps, options)
+
+
+def noise_regularisation_per_slice(maps: list[torch.Tensor]) -> torch.Tensor:
+    """StyleGAN2 projector's noise penalty, per slice: for every map and every scale (halving
+    down to 8 px), the squared mean of the map times itself shifted by one pixel in x and in y.
+    Zero for white noise; large where a map has picked up image structure."""
+    total = maps[0].new_zeros(maps[0].shape[0])
+    for noise in maps:
+        while True:
+            for dim in (2, 3):
+                total = total + (noise * noise.roll(1, dims=dim)).flatten(1).mean(1).square()
+            if min(noise.shape[-2:]) <= 8:
+                break
+            noise = F.avg_pool2d(noise, 2)
+    return total
+
+
+def _normalise_per_slice(noise: torch.Tensor) -> torch.Tensor:
+    noise = noise - noise.mean(dim=(1, 2, 3), keepdim=True)
+    return noise * noise.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
+
+
+def _noise_inputs(generator: nn.Module) -> list:
+    synthesis = getattr(generator, "synthesis", None)
+    inputs = synthesis.noise_inputs() if hasattr(synthesis, "noise_inputs") else []
+    if not inputs:
+        raise ValueError("optimize_noise needs a generator whose synthesis network takes "
+                         "per-sample noise maps (medsemgan.models.generator.SynthesisNetwork)")
+    return inputs
+
+
+def initial_noise(generator: nn.Module, n: int, options: TTOOptions,
+                  device: torch.device) -> list[torch.Tensor]:
+    """One map per noise input, ``[n, 1, r, r]``, the same for every slice (so a slice starts
+    alike alone or in any batch): N(0, 1) from a CPU generator seeded with ``options.seed`` (the
+    same maps on any device), standardised like every later step; or the generator's own fixed
+    maps unchanged (``noise_init='const'``: the start is exactly the ``noise_mode='const'`` one,
+    which the encoder was trained with)."""
+    inputs = _noise_inputs(generator)
+    if options.noise_init == "const":
+        maps = [m.noise_const.detach().float()[None, None] for m in inputs]
+    else:
+        rng = torch.Generator().manual_seed(options.seed)
+        maps = [_normalise_per_slice(torch.randn(1, 1, m.resolution, m.resolution, generator=rng))
+                for m in inputs]
+    return [m.to(device).expand(n, -1, -1, -1).clone() for m in maps]
 
 
 @contextlib.contextmanager
@@ -119,10 +197,15 @@ class _Objective:
                  device: torch.device):
         self.G, self.E, self.options, self.device = generator, encoder, options, device
 
-    def __call__(self, ws: torch.Tensor, target: torch.Tensor):
+    def __call__(self, ws: torch.Tensor, noise: list[torch.Tensor], target: torch.Tensor):
+        """``(fit [N], noise penalty [N] or None, image, logits)``; the fit is what selection and
+        early stopping compare, ``fit + noise_reg_weight * penalty`` what the gradient descends."""
         o = self.options
         with _autocast(self.device, o.bf16):
-            image, logits = self.G.synthesis(ws, noise_mode=o.noise_mode)
+            if noise:
+                image, logits = self.G.synthesis(ws, noise_mode=o.noise_mode, noise=noise)
+            else:
+                image, logits = self.G.synthesis(ws, noise_mode=o.noise_mode)
         image, logits = image.float(), logits.float()
         loss = reconstruction_loss_per_slice(image, target, o.perceptual_weight, o.mse_weight)
         if o.encoder_weight and self.E is not None:
@@ -131,7 +214,8 @@ class _Objective:
             with torch.no_grad(), _autocast(self.device, o.bf16):
                 w_again = self.E(image)
             loss = loss + o.encoder_weight * (ws - w_again.float()).square().flatten(1).mean(1)
-        return loss, image, logits
+        penalty = noise_regularisation_per_slice(noise) if noise else None
+        return loss, penalty, image, logits
 
 
 def invert(generator: nn.Module, encoder: nn.Module | None, images: torch.Tensor,
@@ -158,19 +242,34 @@ def invert(generator: nn.Module, encoder: nn.Module | None, images: torch.Tensor
             with torch.no_grad(), _autocast(device, options.bf16):
                 ws_init = encoder(images)
         ws = ws_init.detach().to(device=device, dtype=torch.float32).clone()
-        return _optimise(_Objective(generator, encoder, options, device), images, ws, options,
+        noise = initial_noise(generator, n, options, device) if options.optimize_noise else []
+        return _optimise(_Objective(generator, encoder, options, device), images, ws, noise, options,
                          progress, desc)
 
 
-def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor, options: TTOOptions,
-              progress: bool, desc: str) -> TTOResult:
+def _adam_step(param: torch.Tensor, current: torch.Tensor, grad: torch.Tensor,
+               exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, active: torch.Tensor,
+               lr: float, step: int, betas: tuple[float, float]) -> torch.Tensor:
+    """One Adam step (torch.optim.Adam's formula, element-wise) on the rows ``active`` of
+    ``param``, whose current values are ``current``; returns the new rows."""
+    beta1, beta2 = betas
+    m = exp_avg[active].mul_(beta1).add_(grad, alpha=1 - beta1)
+    v = exp_avg_sq[active].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg[active], exp_avg_sq[active] = m, v
+    denom = (v.sqrt() / math.sqrt(1 - beta2 ** step)).add_(1e-8)
+    return current.detach() - (lr / (1 - beta1 ** step)) * m / denom
+
+
+def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
+              noise: list[torch.Tensor], options: TTOOptions, progress: bool, desc: str) -> TTOResult:
     n = images.shape[0]
     device = images.device
-    beta1, beta2 = options.betas
-    exp_avg = torch.zeros_like(ws)
-    exp_avg_sq = torch.zeros_like(ws)
+    params = [ws, *noise]  # optimised jointly; row i of each belongs to slice i
+    exp_avg = [torch.zeros_like(p) for p in params]
+    exp_avg_sq = [torch.zeros_like(p) for p in params]
     best_loss = torch.full((n,), math.inf, device=device)
-    best_ws = ws.clone()
+    best_params = [p.clone() for p in params]
+    best_penalty = torch.zeros(n, device=device) if noise else None
     best_image: torch.Tensor | None = None
     best_logits: torch.Tensor | None = None
     since_best = torch.zeros(n, dtype=torch.long, device=device)
@@ -184,13 +283,14 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor, opt
         last = t == options.steps or active.numel() == 0
         if active.numel() == 0:
             break
-        w_active = ws[active].requires_grad_(not last)
+        current = [p[active].requires_grad_(not last) for p in params]
         if last:
             with torch.no_grad():
-                loss, image, logits = objective(w_active, images[active])
+                loss, penalty, image, logits = objective(current[0], current[1:], images[active])
         else:
-            loss, image, logits = objective(w_active, images[active])
-            (grad,) = torch.autograd.grad(loss.sum(), [w_active])
+            loss, penalty, image, logits = objective(current[0], current[1:], images[active])
+            descent = loss if penalty is None else loss + options.noise_reg_weight * penalty
+            grads = torch.autograd.grad(descent.sum(), current)
         loss = loss.detach()
         history.append(float(loss.sum()))
 
@@ -204,21 +304,24 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor, opt
         significant = (loss < previous - options.early_stop_rel_tol * previous.abs()) | torch.isinf(previous)
         idx = active[improved]
         best_loss[idx] = loss[improved]
-        best_ws[idx] = w_active.detach()[improved]
+        for best, value in zip(best_params, current):
+            best[idx] = value.detach()[improved]
+        if best_penalty is not None:
+            best_penalty[idx] = penalty.detach()[improved]
         best_image[idx] = image.detach()[improved]
         best_logits[idx] = logits.detach()[improved]
         since_best[active] = torch.where(significant, 0, since_best[active] + 1)
         if last:
             break
 
-        # Adam, element-wise (torch.optim.Adam's formula), on the active slices only.
+        # Adam on the active slices only; noise maps go back to zero mean, unit variance.
         step = t + 1
         lr = learning_rate(t, options.steps, options)
-        m = exp_avg[active].mul_(beta1).add_(grad, alpha=1 - beta1)
-        v = exp_avg_sq[active].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg[active], exp_avg_sq[active] = m, v
-        denom = (v.sqrt() / math.sqrt(1 - beta2 ** step)).add_(1e-8)
-        ws[active] = w_active.detach() - (lr / (1 - beta1 ** step)) * m / denom
+        noise_lr = options.noise_lr * lr_ramp(t, options.steps, options)
+        for k, (param, value, grad) in enumerate(zip(params, current, grads)):
+            updated = _adam_step(param, value, grad, exp_avg[k], exp_avg_sq[k], active,
+                                 lr if k == 0 else noise_lr, step, options.betas)
+            param[active] = updated if k == 0 else _normalise_per_slice(updated)
         steps_run[active] += 1
 
         if options.early_stop_patience:
@@ -228,5 +331,6 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor, opt
     bar.close()
 
     recon = mse_per_slice(best_image, images)
-    return TTOResult(ws=best_ws, label_logits=best_logits, image=best_image, loss=best_loss,
-                     recon_mse=recon, steps_run=steps_run, history=history)
+    return TTOResult(ws=best_params[0], label_logits=best_logits, image=best_image, loss=best_loss,
+                     recon_mse=recon, steps_run=steps_run, history=history,
+                     noise=best_params[1:] if noise else None, noise_reg=best_penalty)

@@ -104,9 +104,18 @@ class NoiseInput(nn.Module):
         # A fixed noise image so that 'const' mode is deterministic and saved with the weights.
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, batch: int, noise_mode: str, like: torch.Tensor) -> torch.Tensor | None:
+    def forward(self, batch: int, noise_mode: str, like: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor | None:
         """Noise for a [batch, C, res, res] output, already scaled by the strength (broadcastable;
-        dtype and device of ``like``), or None for ``noise_mode='none'``."""
+        dtype and device of ``like``), or None for ``noise_mode='none'``.
+
+        ``noise`` [batch, 1, res, res], when given, replaces the ``noise_mode`` source: per-sample
+        maps a caller owns (test-time optimisation differentiates through them)."""
+        if noise is not None:
+            res = self.resolution
+            if tuple(noise.shape) != (batch, 1, res, res):
+                raise ValueError(f"noise map must be [{batch}, 1, {res}, {res}], got {tuple(noise.shape)}")
+            return noise.to(like.dtype) * self.strength.to(like.dtype)
         if noise_mode == "none":
             return None
         if noise_mode == "random":
@@ -142,8 +151,9 @@ class StyledConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
-        noise = self.noise(x.shape[0], noise_mode, like=x)
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                noise_map: torch.Tensor | None = None) -> torch.Tensor:
+        noise = self.noise(x.shape[0], noise_mode, like=x, noise=noise_map)
         x = self.conv(x, w, noise=noise)
         return bias_act(x, self.bias.to(x.dtype), act="lrelu", gain=activation_gain("lrelu"), clamp=self.conv_clamp)
 
@@ -202,15 +212,22 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if self.conv0 is None else 2
         self.num_ws = self.num_conv + 1  # latents read; the last one is shared with the next block
 
-    def forward(self, x, img, seg, ws: torch.Tensor, noise_mode: str = "random"):
-        """``ws`` [N, num_ws, w_dim] for this block; returns updated (features, image, label)."""
+    def noise_inputs(self) -> list[NoiseInput]:
+        """This block's noise inputs, in the order ``forward``'s ``noise`` lists them."""
+        return [conv.noise for conv in (self.conv0, self.conv1) if conv is not None]
+
+    def forward(self, x, img, seg, ws: torch.Tensor, noise_mode: str = "random",
+                noise: Sequence[torch.Tensor] | None = None):
+        """``ws`` [N, num_ws, w_dim] for this block; returns updated (features, image, label).
+        ``noise``: one per-sample map per noise input (see ``noise_inputs``), or None."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         w_iter = iter(ws.unbind(dim=1))
+        noise_iter = iter(noise if noise is not None else [None] * self.num_conv)
         if self.conv0 is None:
             x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1).to(memory_format=memory_format)
         else:
-            x = self.conv0(x.to(memory_format=memory_format), next(w_iter), noise_mode)
-        x = self.conv1(x, next(w_iter), noise_mode)
+            x = self.conv0(x.to(memory_format=memory_format), next(w_iter), noise_mode, next(noise_iter))
+        x = self.conv1(x, next(w_iter), noise_mode, next(noise_iter))
         w_heads = next(w_iter)
         # Skip sums accumulate in at least float32, also when the features are half precision.
         out_dtype = torch.promote_types(x.dtype, torch.float32)
@@ -261,15 +278,30 @@ class SynthesisNetwork(nn.Module):
         # Each block reads num_conv latents of its own plus the one its heads share with the next.
         self.num_ws = sum(b.num_conv for b in self.blocks) + 1
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random"):
+    def noise_inputs(self) -> list[NoiseInput]:
+        """Every noise input, in the order ``forward``'s ``noise`` list gives their maps
+        (coarse to fine; within a resolution the upsampling conv's first)."""
+        return [noise for block in self.blocks for noise in block.noise_inputs()]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random",
+                noise: Sequence[torch.Tensor] | None = None):
+        """``noise``: optional per-sample maps, one ``[N, 1, r, r]`` per entry of
+        ``noise_inputs()`` (r its resolution); they replace ``noise_mode`` for every layer."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"unknown noise_mode {noise_mode!r}; choose from {NOISE_MODES}")
+        per_block: list = [None] * len(self.blocks)
+        if noise is not None:
+            expected = sum(block.num_conv for block in self.blocks)
+            if len(noise) != expected:
+                raise ValueError(f"noise must list {expected} maps (one per noise input), got {len(noise)}")
+            maps = iter(noise)
+            per_block = [[next(maps) for _ in range(block.num_conv)] for block in self.blocks]
         x = img = seg = None
         start = 0
-        for block in self.blocks:
-            x, img, seg = block(x, img, seg, ws[:, start : start + block.num_ws], noise_mode)
+        for block, block_noise in zip(self.blocks, per_block):
+            x, img, seg = block(x, img, seg, ws[:, start : start + block.num_ws], noise_mode, block_noise)
             start += block.num_conv
         return img, seg
 
