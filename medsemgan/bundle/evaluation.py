@@ -89,14 +89,17 @@ class CaseMetricsHandler:
     Reads the written mask (``pred``, uint8 on the input grid) and the label (``label``, same
     grid) of every item, computes Dice, RAVD, ASSD, MSSD, HD95 (mm, from the input's affine) and
     the per-slice Dice mean, and at ``COMPLETED`` writes ``metrics.csv`` and ``summary.json``
-    to ``output_dir`` and logs the summary.
+    to ``output_dir`` and logs the summary. ``failures`` (the config's ``StudyFailures``): the
+    studies that could not be loaded, reported in the summary as ``medsemgan evaluate`` reports
+    its failed cases (attach it after this handler: it ends the run).
     """
 
     def __init__(self, output_dir: str | os.PathLike, pred_key: str = "pred", label_key: str = "label",
-                 case_key: str = "case", with_chaos: bool = False) -> None:
+                 case_key: str = "case", with_chaos: bool = False, failures: Any = None) -> None:
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key, self.case_key = pred_key, label_key, case_key
         self.with_chaos = with_chaos
+        self.failures = failures
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine) -> None:
@@ -138,8 +141,9 @@ class CaseMetricsHandler:
         )
 
         columns = METRIC_COLUMNS + (CHAOS_COLUMNS if self.with_chaos else ())
-        summary = {"n_cases": len(self.rows), "n_failed": 0, "metrics": summarise(self.rows, columns),
-                   "failed": []}
+        failed = list(getattr(self.failures, "failed", None) or [])
+        summary = {"n_cases": len(self.rows), "n_failed": len(failed),
+                   "metrics": summarise(self.rows, columns), "failed": failed}
         write_outputs(self.output_dir, self.rows, columns, summary)
         log.info("per-case metrics: %s; summary: %s\n%s", self.output_dir / "metrics.csv",
                  self.output_dir / "summary.json", format_summary(summary))

@@ -5,6 +5,11 @@ study discovery (``find_studies``), model loading (``segment.load_model``), opti
 (``SegmentOptions``: configuration defaults, seed, batch size), preprocessing
 (``data.transforms.preprocess`` per modality), inferer (``TTOInferer``), inversion (``Invertd`` of
 the sigmoid probability, linear interpolation) and threshold (``> 0.5``, the input's own affine).
+
+Failing studies are handled as ``medsemgan segment`` handles them: each study is loaded inside a try
+(``StudyDataset``), a study that cannot be loaded is logged and skipped (``StudyFailures.skip``),
+the others are segmented, and the run ends with an ``InputError`` naming every failed study and
+its problem, listed in ``failures.json`` (``StudyFailures``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import Dataset
 
 from medsemgan.errors import InputError
 
@@ -95,3 +101,141 @@ def output_folder(path: str | os.PathLike) -> str:
         raise InputError(path, "output exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+# One bad study must not stop the others (as in ``medsemgan segment``): each study is loaded inside
+# a try by ``StudyDataset``; a study that fails becomes a small marker item that
+# ``StudyFailures.skip`` drops before the evaluator sees it, and ``StudyFailures`` (an ignite
+# handler) lists the failures in ``failures.json`` and raises once every readable study is written.
+
+FAILED_KEY = "study_failed"
+FAILURES_FILE = "failures.json"
+
+
+def describe_failure(err: BaseException, study_path: str | None) -> tuple[str | None, str]:
+    """``(path, problem)`` of a study's failure.
+
+    MONAI wraps an exception raised in a transform in ``RuntimeError('applying transform ...')``
+    (once per nesting level): the project's ``InputError`` anywhere in that chain gives the file
+    and the problem; otherwise the innermost exception is the problem, named after the study."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    for link in chain:
+        if isinstance(link, InputError):
+            return link.path or study_path, link.problem
+    innermost = chain[-1]
+    return study_path, f"{type(innermost).__name__}: {innermost}"
+
+
+def failed_study(item: dict[str, Any], err: BaseException) -> dict[str, str]:
+    """The marker item that stands for a study that could not be loaded (strings only, so it
+    survives a DataLoader worker and the collate)."""
+    study_path = item.get("image_path") or item.get("image")
+    study_path = None if study_path is None else str(study_path)
+    where, problem = describe_failure(err, study_path)
+    marker = {"case": str(item.get("case", "")), "image_path": str(study_path),
+              FAILED_KEY: f"{where}: {problem}" if where else problem}
+    if item.get("label_path"):
+        marker["label_path"] = str(item["label_path"])
+    return marker
+
+
+class StudyDataset(Dataset):
+    """MONAI ``Dataset`` that loads each study inside a try: a study whose loading or
+    preprocessing raises (unreadable or corrupt file, bad geometry, missing label...) becomes a
+    marker item ``{"case", "image_path", "study_failed": "<path>: <problem>"}`` instead of ending
+    the run. Use with ``batch_size=1`` and ``StudyFailures.skip``."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as err:  # noqa: BLE001 - one bad study must not stop the others
+            log.debug("loading study %d failed", index, exc_info=True)
+            return failed_study(self.data[index], err)
+
+
+def _first(value: Any) -> str:
+    """A collated string field (a one-element list after the DataLoader) or a plain one."""
+    if isinstance(value, (list, tuple)):
+        return str(value[0]) if len(value) == 1 else ", ".join(str(v) for v in value)
+    return str(value)
+
+
+class _ReadableStudies:
+    """The data loader's batches less the failed studies (no ``len``: the evaluator learns the
+    epoch length when the loader is exhausted, since failures are only known by loading)."""
+
+    def __init__(self, data_loader, failures: StudyFailures) -> None:
+        self.data_loader = data_loader
+        self.failures = failures
+
+    def __iter__(self):
+        readable = 0
+        for batch in self.data_loader:
+            self.failures.seen += 1
+            if isinstance(batch, dict) and FAILED_KEY in batch:
+                self.failures.record(batch)
+                continue
+            readable += 1
+            yield batch
+        if readable == 0 and self.failures.failed:
+            # Nothing to segment: stop here rather than let metrics complain about an empty epoch.
+            self.failures.finish()
+
+
+class StudyFailures:
+    """Ignite handler and data filter for studies that could not be loaded.
+
+    ``skip(data_loader)`` is what the evaluator iterates: the loader's batches less the marker
+    items of ``StudyDataset``; each skipped study is logged as ``medsemgan segment`` logs it. At
+    ``STARTED`` a ``failures.json`` left by an earlier run in ``output_dir`` is removed; at
+    ``COMPLETED`` (attach this handler last, so the other handlers have written their files) any
+    failures are written to ``output_dir/failures.json`` (atomically) and an ``InputError`` naming
+    each failed study and its problem ends the run, so the shell sees a non-zero exit status.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.output_dir = Path(output_dir)
+        self.failed: list[dict[str, str]] = []
+        self.seen = 0
+
+    @property
+    def path(self) -> Path:
+        return self.output_dir / FAILURES_FILE
+
+    def skip(self, data_loader) -> _ReadableStudies:
+        return _ReadableStudies(data_loader, self)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine=None) -> None:
+        self.failed, self.seen = [], 0
+        self.path.unlink(missing_ok=True)
+
+    def record(self, batch: dict[str, Any]) -> None:
+        entry = {"case": _first(batch.get("case", "")), "input": _first(batch.get("image_path", "")),
+                 "error": _first(batch[FAILED_KEY])}
+        if batch.get("label_path"):
+            entry["label"] = _first(batch["label_path"])
+        log.error("%s (study skipped)", entry["error"])
+        self.failed.append(entry)
+
+    def completed(self, engine=None) -> None:
+        if self.failed:
+            self.finish()
+
+    def finish(self) -> None:
+        from medsemgan.inference.writers import write_json
+
+        written = write_json({"n_studies": self.seen, "n_failed": len(self.failed), "failed": self.failed},
+                             self.path)
+        n = len(self.failed)
+        raise InputError(None, f"{n} of {self.seen} stud{'y' if self.seen == 1 else 'ies'} could not be "
+                               f"segmented and {'was' if n == 1 else 'were'} skipped (listed in {written}): "
+                               + "; ".join(entry["error"] for entry in self.failed))
