@@ -50,13 +50,17 @@ class ModalityPreprocessd(MapTransform, InvertibleTransform):
         self.image_key = self.keys[0]
         self.spatial_size = int(spatial_size)
         self.modality = as_optional_str(modality)
-        self._pipelines: dict[str, Compose] = {}
-
-    def pipeline(self, modality: str) -> Compose:
+        # Built now, not on first use: with DataLoader workers the forward pass runs in a worker
+        # and Invertd in the main process, which must hold the very pipeline instances that ran.
         from medsemgan.data.transforms import preprocess
 
+        self._pipelines: dict[str, Compose] = {
+            modality: preprocess(modality, self.spatial_size, keys=(self.image_key,)) for modality in ("CT", "MR")
+        }
+
+    def pipeline(self, modality: str) -> Compose:
         if modality not in self._pipelines:
-            self._pipelines[modality] = preprocess(modality, self.spatial_size, keys=(self.image_key,))
+            raise ValueError(f"no preprocessing for modality {modality!r} (known: {sorted(self._pipelines)})")
         return self._pipelines[modality]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:

@@ -135,3 +135,14 @@ def test_identical_with_the_shipped_inference_options(tiny_bundle, studies_dir, 
         cli_mask, _ = load_nifti(tmp_path / "cli_out" / f"{case}.nii.gz")
         assert 0 < bundle_mask.sum() < bundle_mask.size
         assert np.array_equal(bundle_mask, cli_mask), case
+
+
+def test_worker_processes_give_the_same_masks(bundle_run, tiny_bundle, studies_dir, tmp_path):
+    """With --num_workers 1 preprocessing runs in a worker process and Invertd in this one: the
+    per-modality pipelines must exist before the fork for the inverse to find them."""
+    _run_inference(tiny_bundle, studies_dir, tmp_path, num_workers=1)
+    for case in ("phantom_ct", "phantom_dicom"):
+        worker_mask, worker_affine = load_nifti(tmp_path / f"{case}.nii.gz")
+        main_mask, main_affine = load_nifti(bundle_run / f"{case}.nii.gz")
+        assert np.array_equal(worker_mask, main_mask), case
+        assert np.array_equal(worker_affine, main_affine), case
