@@ -7,7 +7,9 @@ and an out-of-domain MRI test set: segment the case, score it with
 
 * ``report.md``: the paper-style table (Dice mean ± std per method x budget x test set), details,
   per-case Dice, the figures, what was not available and what failed;
-* ``per_case.csv``: one row per (test set, case, method, budget) with every metric;
+* ``per_case.csv``: one row per (test set, case, method, budget) with every metric and, for
+  SemanticGAN rows, the out-of-domain signal (reconstruction MSE mean / median / max over the
+  slices, the flag and the threshold ``segment_volume`` used);
 * ``summary.json``: the table as data;
 * ``figures/dice_<test set>.png``: per-patient Dice bars;
   ``figures/overlay_<test set>_<method>_<budget>.png``: best / median / worst case with the ground
@@ -15,7 +17,12 @@ and an out-of-domain MRI test set: segment the case, score it with
 * ``predictions/<method>/<budget>/<case>.nii.gz``: every predicted mask (input geometry);
 * ``cache/<method>/<budget>/<test set>/<case>.json``: metrics keyed by a fingerprint of the
   method, its weights (size and time) and the case, so re-running after adding a method only
-  computes the new one.
+  computes the new one. SemanticGAN entries written before the out-of-domain signal was recorded
+  (no ``ood`` field) are recomputed once; other kinds' entries never had it and stay valid.
+
+``report.md``'s "Out-of-domain signal" section gives, per SemanticGAN method x budget x test set,
+the reconstruction MSE over the cases and how many were flagged, and suggests a threshold
+(:func:`suggest_threshold`) that separates the CT cases from the MRI ones when one exists.
 
 A method/budget whose weights do not exist is reported as "not available (missing FILE)"; a case
 that fails is recorded with its error and the others go on (exit status 1 then). Every path is
@@ -60,8 +67,11 @@ from medsemgan.io_utils import atomic_path
 log = logging.getLogger(__name__)
 
 METRICS = ("dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml")
+# report_methods.ood_signal's fields in the CSV (empty for methods without the signal)
+OOD_COLUMNS = ("recon_mse_mean", "recon_mse_median", "recon_mse_max", "out_of_domain", "ood_mse_threshold")
 CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
-               "seconds", "cached", "prediction", "error")
+               *OOD_COLUMNS, "seconds", "cached", "prediction", "error")
+IN_DOMAIN, OUT_OF_DOMAIN = "CT", "MR"  # the generator is trained on CT
 OVERLAY_RESOLUTION = 192
 
 
@@ -86,7 +96,9 @@ def prediction_file(out: Path, method: str, budget: str, case: str, test_set: st
     return out / "predictions" / slug(method) / slug(budget) / slug(test_set) / f"{slug(case)}.nii.gz"
 
 
-def _read_cache(path: Path, key: str) -> dict | None:
+def _read_cache(path: Path, key: str, needs_ood: bool = False) -> dict | None:
+    """The cached result, or None to recompute: missing, unreadable, another key, the prediction
+    gone, or (``needs_ood``) an entry written before the out-of-domain signal was recorded."""
     if not path.is_file():
         return None
     try:
@@ -94,6 +106,8 @@ def _read_cache(path: Path, key: str) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     if cached.get("key") != key or not Path(cached.get("prediction", "")).is_file():
+        return None
+    if needs_ood and not isinstance(cached.get("ood"), dict):
         return None
     return cached
 
@@ -106,6 +120,15 @@ def _from_json_float(value):
     return float(value) if isinstance(value, str) else value
 
 
+def _json_signal(signal: dict) -> dict:
+    """The out-of-domain signal with non-finite floats as strings, like the metrics."""
+    def one(value):
+        if isinstance(value, list):
+            return [one(v) for v in value]
+        return _json_float(value) if isinstance(value, float) else value
+    return {k: one(v) for k, v in signal.items()}
+
+
 def run_case(runner: Runner, test_set: TestSet, study, loaded: dict, out: Path) -> dict:
     """Segment and score one case; writes the prediction and the cache entry."""
     from medsemgan.inference.writers import write_mask
@@ -114,14 +137,17 @@ def run_case(runner: Runner, test_set: TestSet, study, loaded: dict, out: Path) 
     image, label = loaded["image"], loaded["label"]
     if label is None:
         raise InputError(study.image_path, "no ground-truth label for this case")
-    mask = runner.segment(image, test_set.modality, study.name)
+    mask, signal = runner.segment(image, test_set.modality, study.name)
     if tuple(mask.shape[-3:]) != tuple(image.shape[-3:]):
         raise RuntimeError(f"prediction shape {tuple(mask.shape)} differs from the image {tuple(image.shape)}")
     pred_path = prediction_file(out, runner.method.key, runner.budget, study.name, test_set.key)
     write_mask(mask, pred_path, affine=image.affine)
     metrics = compute_metrics(np.asarray(mask[0]) > 0, np.asarray(label[0]) > 0, spacing=_spacing(image),
                               slice_axis=-1, pred_path=pred_path, gt_path=study.label_path).as_dict()
-    return {"metrics": metrics, "prediction": str(pred_path), "seconds": time.perf_counter() - started}
+    result = {"metrics": metrics, "prediction": str(pred_path), "seconds": time.perf_counter() - started}
+    if signal:
+        result["ood"] = signal
+    return result
 
 
 @dataclass
@@ -146,10 +172,13 @@ def _row(job: Job, status: str, result: dict | None, error: str = "", cached: bo
            "method": job.method.key, "method_name": job.method.name, "budget": job.budget.key,
            "status": status, "seconds": None, "cached": cached, "prediction": "", "error": error}
     row.update({m: math.nan for m in METRICS})
+    row.update({c: None for c in OOD_COLUMNS})
     if result is not None:
         row.update({m: _from_json_float(result["metrics"][m]) for m in METRICS})
         row["seconds"] = round(float(result["seconds"]), 2)
         row["prediction"] = result["prediction"]
+        signal = result.get("ood") or {}
+        row.update({c: _from_json_float(signal.get(c)) for c in OOD_COLUMNS})
     return row
 
 
@@ -160,7 +189,7 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True) -> list[dict]:
     rows: list[dict] = []
     todo: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
-        cached = _read_cache(job.cache_path(out), job.cache_key)
+        cached = _read_cache(job.cache_path(out), job.cache_key, needs_ood=job.runner.has_ood_signal)
         if cached is not None:
             rows.append(_row(job, "ok", cached, cached=True))
         else:
@@ -195,6 +224,8 @@ def run_jobs(jobs: list[Job], out: Path, progress: bool = True) -> list[dict]:
                 else:
                     entry = {"key": job.cache_key, "metrics": {k: _json_float(v) for k, v in result["metrics"].items()},
                              "prediction": result["prediction"], "seconds": result["seconds"]}
+                    if "ood" in result:
+                        entry["ood"] = _json_signal(result["ood"])
                     with atomic_path(job.cache_path(out)) as tmp:
                         tmp.write_text(json.dumps(entry, indent=1))
                     rows.append(_row(job, "ok", result))
@@ -238,6 +269,8 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
                         "dice": _stats([r["dice"] for r in ok])}
                 for metric in ("ravd", "assd", "mssd", "hd95"):
                     cell[metric] = _stats([r[metric] for r in ok])
+                if method.kind == "semanticgan":
+                    cell["ood"] = _ood_cell(ok)
                 cells.setdefault(method.key, {}).setdefault(budget.key, {})[ts.key] = cell
     return {
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -248,7 +281,118 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
         "budgets": [{"key": b.key, "title": b.title} for b in config.budgets],
         "methods": [{"key": m.key, "name": m.name, "kind": m.kind, "options": m.options} for m in config.methods],
         "cells": cells,
+        "ood_thresholds": _ood_suggestions(config, rows, unavailable),
     }
+
+
+def _ood_cell(ok_rows: list[dict]) -> dict:
+    measured = [r for r in ok_rows if r.get("recon_mse_mean") is not None]
+    return {"cases": len(measured), "recon_mse": _stats([r["recon_mse_mean"] for r in measured]),
+            "flagged": sum(bool(r["out_of_domain"]) for r in measured),
+            "thresholds": sorted({r["ood_mse_threshold"] for r in measured if r.get("ood_mse_threshold") is not None})}
+
+
+def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dict:
+    """A mean-reconstruction-MSE threshold from measured cases: the midpoint between the largest
+    in-domain (CT) and the smallest out-of-domain (MRI) value when every CT case lies below every
+    MRI case (``separates`` True); ``separates`` False and no threshold when they overlap (with
+    how many cases lie on the wrong side of the other set's extreme); None when a side is empty."""
+    ins = [float(v) for v in in_domain if v is not None and np.isfinite(v)]
+    outs = [float(v) for v in out_of_domain if v is not None and np.isfinite(v)]
+    result = {"in_domain_n": len(ins), "out_of_domain_n": len(outs),
+              "in_domain_max": max(ins) if ins else None, "out_of_domain_min": min(outs) if outs else None,
+              "separates": None, "threshold": None, "in_domain_above": None, "out_of_domain_below": None}
+    if ins and outs:
+        high, low = result["in_domain_max"], result["out_of_domain_min"]
+        result["separates"] = high < low
+        if result["separates"]:
+            result["threshold"] = (high + low) / 2
+        else:
+            result["in_domain_above"] = sum(v >= low for v in ins)
+            result["out_of_domain_below"] = sum(v <= high for v in outs)
+    return result
+
+
+def _ood_suggestions(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict:
+    """``[method][budget]`` -> :func:`suggest_threshold` over every scored case of the CT test
+    sets (in domain) and the MRI ones (out of domain), for the available SemanticGAN rows."""
+    modality = {ts.key: ts.modality for ts in config.test_sets}
+    out: dict = {}
+    for method in config.methods:
+        if method.kind != "semanticgan":
+            continue
+        for budget in config.budgets:
+            if (method.key, budget.key) in unavailable:
+                continue
+            mine = [r for r in rows if (r["method"], r["budget"]) == (method.key, budget.key) and r["status"] == "ok"]
+            values = {side: [r["recon_mse_mean"] for r in mine if modality[r["test_set"]] == side]
+                      for side in (IN_DOMAIN, OUT_OF_DOMAIN)}
+            out.setdefault(method.key, {})[budget.key] = suggest_threshold(values[IN_DOMAIN], values[OUT_OF_DOMAIN])
+    return out
+
+
+def _g(value) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.4g}"
+
+
+def _ood_section(config: ReportConfig, summary: dict) -> list[str]:
+    """The "Out-of-domain signal" section: per-case reconstruction error per SemanticGAN
+    method x budget x test set, and the suggested threshold per method x budget."""
+    gans = [m for m in config.methods if m.kind == "semanticgan"]
+    if not gans:
+        return []
+    cells = summary["cells"]
+    lines = ["", "## Out-of-domain signal", "",
+             "`medsemgan segment` flags a study as out of domain when the mean over its slices of the "
+             "generator's reconstruction MSE (how well G explains each model-space slice from the "
+             "encoder's W+, after test-time optimisation when the method runs it) exceeds the model configuration's "
+             "`inference.ood_mse_threshold`. Per case: that mean; here its mean ± sample std and "
+             "range over the cases, and how many cases were flagged.", ""]
+    table = []
+    for m in gans:
+        for b in config.budgets:
+            for ts in config.test_sets:
+                cell = cells[m.key][b.key][ts.key]
+                if not cell["available"]:
+                    continue
+                ood = cell["ood"]
+                stats = ood["recon_mse"]
+                spread = "–" if not stats["n"] else (
+                    _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}"))
+                table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]), spread,
+                              f"{_g(stats['min'])}–{_g(stats['max'])}" if stats["n"] else "–",
+                              f"{ood['flagged']}/{ood['cases']}",
+                              ", ".join(_g(t) for t in ood["thresholds"]) or "–"])
+    if not table:
+        lines.append("No SemanticGAN method was available.")
+        return lines
+    lines += _md_table(["method", "budget", "test set", "cases", "recon MSE mean ± std", "min–max",
+                        "flagged", "threshold used"], table)
+    lines += ["", "Suggested threshold (CT cases in domain, MRI cases out of domain: the midpoint between "
+              "the largest CT and the smallest MRI value when they separate):", ""]
+    for m in gans:
+        for b in config.budgets:
+            s = summary["ood_thresholds"].get(m.key, {}).get(b.key)
+            if s is None:
+                continue
+            where = f"- {m.name}, {b.title}: "
+            if s["separates"] is None:
+                lines.append(where + f"needs scored CT and MRI cases (have {s['in_domain_n']} CT, "
+                                     f"{s['out_of_domain_n']} MRI).")
+            elif s["separates"]:
+                lines.append(where + f"CT max {_g(s['in_domain_max'])} (n={s['in_domain_n']}) < MRI min "
+                                     f"{_g(s['out_of_domain_min'])} (n={s['out_of_domain_n']}): suggested "
+                                     f"`ood_mse_threshold` {_g(s['threshold'])}.")
+            else:
+                lines.append(where + f"CT and MRI overlap: CT max {_g(s['in_domain_max'])} >= MRI min "
+                                     f"{_g(s['out_of_domain_min'])} ({s['in_domain_above']} of {s['in_domain_n']} "
+                                     f"CT case(s) at or above the MRI minimum, {s['out_of_domain_below']} of "
+                                     f"{s['out_of_domain_n']} MRI case(s) at or below the CT maximum): "
+                                     "no threshold separates them.")
+    lines += ["", "The report changes no configuration: to use a suggestion, set `inference.ood_mse_threshold` "
+              "in the model YAML. A threshold belongs to one generator and one mode (test-time "
+              "optimisation lowers the error the encoder alone leaves)."]
+    return lines
 
 
 def _fmt_dice(stats: dict) -> str:
@@ -313,6 +457,7 @@ def render_markdown(config: ReportConfig, summary: dict, rows: list[dict], figur
                             "RAVD %", "ASSD mm", "MSSD mm", "HD95 mm"], detail)
     else:
         lines.append("No method was available.")
+    lines += _ood_section(config, summary)
 
     for ts in config.test_sets:
         series = [(m, b) for m in config.methods for b in config.budgets if cells[m.key][b.key][ts.key]["available"]]
@@ -350,7 +495,8 @@ def render_markdown(config: ReportConfig, summary: dict, rows: list[dict], figur
         lines.append(f"- {name}, {title}: {reason}")
     for r in failed:
         lines.append(f"- {r['method_name']}, budget {r['budget']}, {r['test_set']}/{r['case']}: failed: {r['error']}")
-    lines += ["", "Files: `per_case.csv` (every metric per case), `summary.json` (this table as data), "
+    lines += ["", "Files: `per_case.csv` (every metric per case; SemanticGAN rows also their reconstruction MSE), "
+              "`summary.json` (this table as data), "
               "`predictions/` (masks on the input grid), `figures/`.", ""]
     return "\n".join(lines)
 

@@ -6,6 +6,10 @@ encoder only when ``options.encoder_only``), ``unet`` (``medsemgan.inference.une
 runner when weights are missing. Models load on first use, so a fully cached report never loads
 them. A runner's ``fingerprint`` (kind, options, weight files' size and time, U-Net sidecar minus
 its recorded evaluation) keys the result cache.
+
+``Runner.segment`` returns ``(mask, signal)``: for ``semanticgan`` the signal is the study's
+out-of-domain signal (:func:`ood_signal`: how well the generator reconstructs the slices, and
+``segment_volume``'s flag); the other kinds return ``{}``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from medsemgan.errors import InputError
@@ -40,8 +45,8 @@ def _missing(paths: list[Path], root: Path) -> list[str]:
 
 
 class Runner:
-    """One method at one budget: ``segment(image, modality) -> uint8 mask`` on the input grid.
-    Models load on first use, so a fully cached report never loads them."""
+    """One method at one budget: ``segment(image, modality, case) -> (uint8 mask on the input grid,
+    signal dict)``. Models load on first use, so a fully cached report never loads them."""
 
     def __init__(self, method: Method, budget: str, files: list[Path], device: str,
                  load: Callable[[], Callable], extra: dict | None = None):
@@ -52,16 +57,36 @@ class Runner:
             "files": [_file_stamp(f) for f in files if f.exists()], "extra": extra or {},
         }, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def segment(self, image, modality: str, case: str):
+    @property
+    def has_ood_signal(self) -> bool:
+        """Whether this kind measures the out-of-domain signal (its cache entries must hold it)."""
+        return self.method.kind == "semanticgan"
+
+    def segment(self, image, modality: str, case: str) -> tuple:
         if self._segment is None:
             self._segment = self._load()
         return self._segment(image, modality, case)
 
 
+def ood_signal(extras: dict, threshold: float) -> dict:
+    """The report's summary of ``segment_volume``'s reconstruction extras: mean (the value the
+    out-of-domain flag compares), median and max over the model-space slices, the flag, the
+    threshold it was compared with, and the per-slice values."""
+    per_slice = [float(v) for v in extras.get("recon_mse") or []]
+    return {
+        "recon_mse_mean": float(extras["mean_recon_mse"]),
+        "recon_mse_median": float(np.median(per_slice)) if per_slice else None,
+        "recon_mse_max": float(max(per_slice)) if per_slice else None,
+        "out_of_domain": bool(extras["out_of_domain"]),
+        "ood_mse_threshold": float(extras.get("ood_mse_threshold", threshold)),
+        "recon_mse": per_slice,
+    }
+
+
 def _semanticgan_loader(method: Method, weights: dict, device: str):
     def load():
         from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
-        from medsemgan.inference.segment import SegmentOptions, segment_volume
+        from medsemgan.inference.segment import DEFAULT_OOD_MSE, SegmentOptions, segment_volume
 
         model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
                                              model_config(weights) or DEFAULT_CONFIG).to(resolve_device(device))
@@ -70,14 +95,16 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
         unknown = sorted(set(o) - known)
         if unknown:
             raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
+        # The same default segment_volume compares with.
+        threshold = float(model.config.inference.get("ood_mse_threshold", DEFAULT_OOD_MSE))
 
         def segment(image, modality, case):
             options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
                                      batch_size=o.get("batch_size"), seed=o.get("seed", 0), lr=o.get("lr"),
                                      early_stop_patience=o.get("early_stop_patience"), bf16=o.get("bf16"),
                                      modality=modality)
-            mask, _ = segment_volume(image, model, options)
-            return mask
+            mask, extras = segment_volume(image, model, options)
+            return mask, ood_signal(extras, threshold)
         return segment
     return load
 
@@ -92,7 +119,7 @@ def _unet_loader(method: Method, weights: Path, device: str):
 
         def segment(image, modality, case):
             mask, _ = segment_volume_unet(image, segmenter, modality=modality, batch_size=batch)
-            return mask
+            return mask, {}
         return segment
     return load
 
@@ -109,7 +136,7 @@ def _masks_loader(method: Method, folder: Path, device: str):
             if found is None:
                 raise InputError(folder, f"no mask for case {case} (expected {candidates[0].name})")
             mask = match_label_to_image(image, load_image(found), found)
-            return MetaTensor((mask.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone())
+            return MetaTensor((mask.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone()), {}
         return segment
     return load
 

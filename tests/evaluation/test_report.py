@@ -227,3 +227,147 @@ def test_semanticgan_rows_run_with_the_shipped_bundle(workspace, tmp_path):
         assert 0.0 <= row["dice"] <= 1.0
         pred = nib.load(row["prediction"])
         assert pred.shape == (48, 40, 6)
+
+
+# ---------------------------------------------------------------------------- out-of-domain signal
+
+
+def test_suggest_threshold_midpoint_when_ct_and_mri_separate():
+    from medsemgan.evaluation.report import suggest_threshold
+
+    s = suggest_threshold([0.010, 0.020, float("nan")], [0.050, 0.040, 0.090])
+    assert s["separates"] is True
+    assert s["threshold"] == pytest.approx(0.030)
+    assert (s["in_domain_max"], s["out_of_domain_min"]) == (0.020, 0.040)
+    assert (s["in_domain_n"], s["out_of_domain_n"]) == (2, 3)  # the NaN is not a measurement
+
+
+def test_suggest_threshold_overlap_gives_no_threshold_and_counts_the_crossings():
+    from medsemgan.evaluation.report import suggest_threshold
+
+    s = suggest_threshold([0.010, 0.060], [0.030, 0.050, 0.090])
+    assert s["separates"] is False and s["threshold"] is None
+    assert (s["in_domain_max"], s["out_of_domain_min"]) == (0.060, 0.030)
+    assert s["in_domain_above"] == 1  # 0.060 >= 0.030
+    assert s["out_of_domain_below"] == 2  # 0.030 and 0.050 <= 0.060
+    # equal extremes do not separate either
+    assert suggest_threshold([0.04], [0.04])["separates"] is False
+    empty = suggest_threshold([0.01], [])
+    assert empty["separates"] is None and empty["threshold"] is None
+
+
+def _gan_row(test_set: str, case: str, budget: str, mse: float, flagged: bool) -> dict:
+    from medsemgan.evaluation.report import METRICS
+
+    row = {"test_set": test_set, "case": case, "modality": "CT" if test_set == "ct" else "MR", "method": "gan",
+           "method_name": "SemanticGAN (TTO)", "budget": budget, "status": "ok", "seconds": 1.0, "cached": False,
+           "prediction": "", "error": "", "recon_mse_mean": mse, "recon_mse_median": mse, "recon_mse_max": mse,
+           "out_of_domain": flagged, "ood_mse_threshold": 0.05}
+    row.update({m: 0.5 for m in METRICS})
+    return row
+
+
+def test_ood_section_counts_and_suggestions_from_hand_made_rows(workspace):
+    from medsemgan.evaluation.report import render_markdown, summarise
+
+    raw = raw_config(workspace)
+    raw["methods"] = [m for m in raw["methods"] if m["key"] in ("gan", "perfect")]
+    raw["methods"][0]["weights"]["8"] = raw["methods"][0]["weights"]["all"]
+    config = parse_config(raw, "test")
+    rows = [_gan_row("ct", "c0", "all", 0.010, False), _gan_row("ct", "c1", "all", 0.020, False),
+            _gan_row("mri", "m0", "all", 0.040, False), _gan_row("mri", "m1", "all", 0.090, True),
+            # budget 8: CT and MRI overlap
+            _gan_row("ct", "c0", "8", 0.070, True), _gan_row("ct", "c1", "8", 0.020, False),
+            _gan_row("mri", "m0", "8", 0.060, True), _gan_row("mri", "m1", "8", 0.080, True)]
+    summary = summarise(config, rows, {})
+    assert summary["cells"]["gan"]["all"]["mri"]["ood"]["flagged"] == 1
+    assert "ood" not in summary["cells"]["perfect"]["all"]["ct"]
+    text = render_markdown(config, summary, rows, {}, "test")
+    section = text.split("## Out-of-domain signal", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| SemanticGAN")]
+    assert table == [
+        "| SemanticGAN (TTO) | all slices | ct (CT) | 2 | 0.015 ± 0.007071 | 0.01–0.02 | 0/2 | 0.05 |",
+        "| SemanticGAN (TTO) | all slices | mri (MR) | 2 | 0.065 ± 0.03536 | 0.04–0.09 | 1/2 | 0.05 |",
+        "| SemanticGAN (TTO) | 8 slices | ct (CT) | 2 | 0.045 ± 0.03536 | 0.02–0.07 | 1/2 | 0.05 |",
+        "| SemanticGAN (TTO) | 8 slices | mri (MR) | 2 | 0.07 ± 0.01414 | 0.06–0.08 | 2/2 | 0.05 |",
+    ]
+    assert ("- SemanticGAN (TTO), all slices: CT max 0.02 (n=2) < MRI min 0.04 (n=2): "
+            "suggested `ood_mse_threshold` 0.03.") in section
+    assert "- SemanticGAN (TTO), 8 slices: CT and MRI overlap: CT max 0.07 >= MRI min 0.06" in section
+    assert "1 of 2 CT case(s) at or above the MRI minimum, 1 of 2 MRI case(s) at or below the CT maximum" in section
+    assert "Reference masks" not in section  # only SemanticGAN methods carry the signal
+
+
+def test_ood_section_says_when_no_semanticgan_method_ran(workspace, tmp_path):
+    raw = raw_config(workspace)
+    raw["overlays"] = False
+    raw["methods"] = [m for m in raw["methods"] if m["key"] in ("gan", "perfect")]
+    text = build_report(parse_config(raw, "test", tmp_path / "r"), progress=False)["report"].read_text()
+    section = text.split("## Out-of-domain signal", 1)[1].split("\n## ", 1)[0]
+    assert "No SemanticGAN method was available." in section
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "perfect"]
+    text = build_report(parse_config(raw, "test", tmp_path / "r"), progress=False)["report"].read_text()
+    assert "Out-of-domain signal" not in text
+
+
+def test_reconstruction_error_in_csv_cache_and_report_with_the_shipped_bundle(workspace, tmp_path):
+    """Encoder-only SemanticGAN (the shipped weights) and the U-Net on one CT and one MRI case:
+    the GAN rows carry the reconstruction error and flag, the U-Net rows leave them empty; GAN
+    cache entries from before the signal was recorded are recomputed, U-Net ones stay valid."""
+    import yaml
+
+    from medsemgan.evaluation.report import OOD_COLUMNS
+    from medsemgan.paths import DEFAULT_BUNDLE_DIR
+
+    models = DEFAULT_BUNDLE_DIR / "models"
+    if not (models / "generator.pt").is_file():
+        pytest.fail(f"{models / 'generator.pt'} is missing: the bundle ships its weights")
+    threshold = yaml.safe_load((DEFAULT_BUNDLE_DIR / "configs" / "model.yaml").read_text())["inference"]["ood_mse_threshold"]
+    raw = raw_config(workspace)
+    raw["overlays"] = False
+    raw["budgets"] = [{"key": "all", "title": "all slices"}]
+    raw["test_sets"] = [
+        {"key": "ct", "modality": "CT", "cases": [{"name": "c0", "image": "ct/image_c0.nii.gz", "label": "ct/label_c0.nii.gz"}]},
+        {"key": "mri", "modality": "MR", "cases": [{"name": "m0", "image": "mr/image_m0.nii.gz", "label": "mr/label_m0.nii.gz"}]},
+    ]
+    raw["methods"] = [
+        {"key": "enc", "name": "SemanticGAN (encoder only)", "kind": "semanticgan", "options": {"encoder_only": True},
+         "weights": {"all": {"generator": str(models / "generator.pt"), "encoder": str(models / "encoder.pt")}}},
+        {"key": "unet", "name": "U-Net baseline", "kind": "unet", "weights": {"all": "unet_run/unet.pt"}},
+    ]
+    out = tmp_path / "r"
+    result = build_report(parse_config(raw, "test", out), progress=False)
+    rows = read_csv(result["csv"])
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        if r["method"] == "unet":
+            assert all(r[c] == "" for c in OOD_COLUMNS), r
+            continue
+        mean, median, peak = (float(r[c]) for c in ("recon_mse_mean", "recon_mse_median", "recon_mse_max"))
+        assert 0 < median <= peak + 1e-6 and 0 < mean <= peak + 1e-6
+        assert float(r["ood_mse_threshold"]) == pytest.approx(threshold)
+        assert r["out_of_domain"] == str(mean > threshold)
+    gan_cache = sorted((out / "cache" / "enc").rglob("*.json"))
+    unet_cache = sorted((out / "cache" / "unet").rglob("*.json"))
+    assert len(gan_cache) == 2 and len(unet_cache) == 2
+    entry = json.loads(gan_cache[0].read_text())
+    assert len(entry["ood"]["recon_mse"]) == 6  # one value per model-space slice of the 6-slice phantom
+    assert "ood" not in json.loads(unet_cache[0].read_text())
+
+    text = result["report"].read_text()
+    section = text.split("## Out-of-domain signal", 1)[1].split("\n## ", 1)[0]
+    for ts in ("ct", "mri"):
+        flagged = sum(r["out_of_domain"] == "True" for r in rows if r["method"] == "enc" and r["test_set"] == ts)
+        line = next(x for x in section.splitlines() if x.startswith(f"| SemanticGAN (encoder only) | all slices | {ts} "))
+        assert f"| {flagged}/1 |" in line
+    assert "SemanticGAN (encoder only), all slices: " in section and "U-Net" not in section
+
+    # an entry written before the signal was recorded: GAN recomputed, U-Net still read from the cache
+    for path in gan_cache + unet_cache:
+        old = json.loads(path.read_text())
+        old.pop("ood", None)
+        path.write_text(json.dumps(old))
+    again = read_csv(build_report(parse_config(raw, "test", out), progress=False)["csv"])
+    assert {(r["method"], r["cached"]) for r in again} == {("enc", "False"), ("unet", "True")}
+    assert all(r["recon_mse_mean"] != "" for r in again if r["method"] == "enc")
+    assert all("ood" in json.loads(p.read_text()) for p in gan_cache)
