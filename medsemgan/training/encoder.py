@@ -370,9 +370,7 @@ def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
     stop = stop or StopRequest()
     total = trainer.total_images
     observer = Observer(run_dir, total, trainer.images_seen, True, progress=bool(t["progress"]),
-                        tensorboard=bool(t["tensorboard"]))
-    if observer.bar is not None:
-        observer.bar.set_description("train encoder")
+                        tensorboard=bool(t["tensorboard"]), description="train encoder")
     steps_this_call, stats = 0, {}
     started, start_images = time.perf_counter(), trainer.images_seen
     try:

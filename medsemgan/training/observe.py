@@ -81,7 +81,7 @@ class Observer:
     """Rank-0 progress bar, TensorBoard writer and JSON-lines log; a no-op on other ranks."""
 
     def __init__(self, run_dir: Path, total_images: int, start_images: int, enabled: bool,
-                 progress: bool, tensorboard: bool):
+                 progress: bool, tensorboard: bool, description: str = "train gan"):
         self.enabled = enabled
         self.run_dir = run_dir
         self.bar = None
@@ -92,7 +92,7 @@ class Observer:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_images, initial=start_images, unit="img", dynamic_ncols=True,
-                            desc="train gan", smoothing=0.1)
+                            desc=description, smoothing=0.1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
