@@ -25,3 +25,17 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("writer failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_sha256_matches_hashlib_across_blocks(tmp_path):
+    import hashlib
+    import os
+
+    from medsemgan.io_utils import file_sha256
+
+    data = os.urandom((1 << 20) + 123)  # more than one read block
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1])
+    assert file_sha256(path) != hashlib.sha256(data).hexdigest()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -32,21 +31,13 @@ from typing import Any
 import torch
 
 from medsemgan.errors import InputError
-from medsemgan.io_utils import atomic_path
+from medsemgan.io_utils import atomic_path, file_sha256
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_NAME = "provenance.json"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CHECK_LATENTS = 32
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_name(kind: str, budget: str | None) -> str:
@@ -164,7 +155,7 @@ def export_generator(gan: Path, models_dir: Path, dtype: str = "fp16", budget: s
     _write_state(cast_state(state, DTYPES[dtype]), out)
     _record(models_dir, out.name, info | {
         "what": "EMA generator (image + label heads), plain state dict",
-        "dtype": dtype, "cast_check": check, "sha256": sha256(out),
+        "dtype": dtype, "cast_check": check, "sha256": file_sha256(out),
         "exported": datetime.datetime.now().isoformat(timespec="seconds"),
     })
     return out
@@ -179,14 +170,14 @@ def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget:
         if not generator_file.is_file():
             raise InputError(generator_file, "export the generator first (the encoder belongs to it)")
         recorded = trained_against.rpartition("sha256:")[2].strip()
-        if not recorded or not sha256(generator_file).startswith(recorded):
+        if not recorded or not file_sha256(generator_file).startswith(recorded):
             raise InputError(encoder, f"was trained against {trained_against or 'an unknown generator'}, not "
                                       f"{generator_file} (retrain it with --generator {generator_file}, "
                                       "or pass --allow-other-generator)")
     out = models_dir / weights_name("encoder", budget)
     _write_state(cast_state(state, DTYPES[dtype]), out)
     _record(models_dir, out.name, info | {
-        "what": "encoder image -> W+, plain state dict", "dtype": dtype, "sha256": sha256(out),
+        "what": "encoder image -> W+, plain state dict", "dtype": dtype, "sha256": file_sha256(out),
         "exported": datetime.datetime.now().isoformat(timespec="seconds"),
     })
     return out

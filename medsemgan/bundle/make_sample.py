@@ -19,7 +19,6 @@ accuracy on real anatomy; the real-data part of the demo (``../shared/data``) me
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from medsemgan.errors import InputError
+from medsemgan.io_utils import file_sha256  # noqa: F401  (demo and tests import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ def sample_files(root: str | os.PathLike) -> dict[str, Path]:
 
 def sample_paths(bundle_dir: str | os.PathLike) -> dict[str, Path]:
     return sample_files(Path(bundle_dir) / SAMPLE_DIR)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_generator(bundle_dir: str | os.PathLike, config: str | os.PathLike | None = None) -> torch.nn.Module:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -45,7 +44,7 @@ from medsemgan.inference.losses import (
     ms_ssim_loss_per_slice,
     mse_per_slice,
 )
-from medsemgan.io_utils import atomic_path
+from medsemgan.io_utils import atomic_path, file_sha256
 from medsemgan.training.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -121,14 +120,6 @@ def load_encoder_config(name_or_path: str) -> dict:
     config["encoder"] = encoder_section(raw, path)
     config["inference"] = dict(raw.get("inference") or {})
     return config
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -288,7 +279,7 @@ def _load_generator(config: dict, generator: torch.nn.Module | str | Path) -> tu
     state = load_state_dict_file(path, "generator")
     G = build_generator(config["model"])
     _load_into(G, state, path, "generator")
-    return G, f"{path.resolve()} sha256:{_file_digest(path)}"
+    return G, f"{path.resolve()} sha256:{file_sha256(path)[:16]}"
 
 
 def _save_recon_grid(trainer: EncoderTrainer, path: Path) -> None:
