@@ -21,6 +21,20 @@ def _require_data() -> bool:
     return os.environ.get("MEDSEMGAN_REQUIRE_DATA", "") not in ("", "0", "false", "False")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the duration of a test, restored afterwards.
+
+    Tiny networks are overhead-bound: a second thread gains nothing, and on a shared 2-core
+    machine OpenMP threads that wait for each other make them many times slower. The folders of
+    tiny-model tests turn this on for all their tests (an autouse fixture in their conftest.py).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = data_root()

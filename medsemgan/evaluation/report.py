@@ -349,20 +349,15 @@ def _ood_section(config: ReportConfig, summary: dict) -> list[str]:
              "`inference.ood_mse_threshold`. Per case: that mean; here its mean ± sample std and "
              "range over the cases, and how many cases were flagged.", ""]
     table = []
-    for m in gans:
-        for b in config.budgets:
-            for ts in config.test_sets:
-                cell = cells[m.key][b.key][ts.key]
-                if not cell["available"]:
-                    continue
-                ood = cell["ood"]
-                stats = ood["recon_mse"]
-                spread = "–" if not stats["n"] else (
-                    _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}"))
-                table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]), spread,
-                              f"{_g(stats['min'])}–{_g(stats['max'])}" if stats["n"] else "–",
-                              f"{ood['flagged']}/{ood['cases']}",
-                              ", ".join(_g(t) for t in ood["thresholds"]) or "–"])
+    for m, b, ts, cell in _available_cells(config, cells, gans):
+        ood = cell["ood"]
+        stats = ood["recon_mse"]
+        spread = "–" if not stats["n"] else (
+            _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}"))
+        table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]), spread,
+                      f"{_g(stats['min'])}–{_g(stats['max'])}" if stats["n"] else "–",
+                      f"{ood['flagged']}/{ood['cases']}",
+                      ", ".join(_g(t) for t in ood["thresholds"]) or "–"])
     if not table:
         lines.append("No SemanticGAN method was available.")
         return lines
@@ -412,6 +407,16 @@ def cell_text(cell: dict) -> str:
     return text
 
 
+def _available_cells(config, cells: dict, methods):
+    """(method, budget, test set, cell) for every cell of ``methods`` that has results, in table order."""
+    for m in methods:
+        for b in config.budgets:
+            for ts in config.test_sets:
+                cell = cells[m.key][b.key][ts.key]
+                if cell["available"]:
+                    yield m, b, ts, cell
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
@@ -441,17 +446,12 @@ def render_markdown(config: ReportConfig, summary: dict, rows: list[dict], figur
 
     lines += ["", "## Details", ""]
     detail = []
-    for m in config.methods:
-        for b in config.budgets:
-            for ts in config.test_sets:
-                cell = cells[m.key][b.key][ts.key]
-                if not cell["available"]:
-                    continue
-                d = cell["dice"]
-                detail.append([m.name, b.title, ts.key, f"{cell['ok']}/{cell['cases']}", _fmt_dice(d),
-                               _finite(d["median"]), f"{_finite(d['min'])}–{_finite(d['max'])}",
-                               _finite(cell["ravd"]["mean"]), _finite(cell["assd"]["mean"]),
-                               _finite(cell["mssd"]["mean"]), _finite(cell["hd95"]["mean"])])
+    for m, b, ts, cell in _available_cells(config, cells, config.methods):
+        d = cell["dice"]
+        detail.append([m.name, b.title, ts.key, f"{cell['ok']}/{cell['cases']}", _fmt_dice(d),
+                       _finite(d["median"]), f"{_finite(d['min'])}–{_finite(d['max'])}",
+                       _finite(cell["ravd"]["mean"]), _finite(cell["assd"]["mean"]),
+                       _finite(cell["mssd"]["mean"]), _finite(cell["hd95"]["mean"])])
     if detail:
         lines += _md_table(["method", "budget", "test set", "scored", "Dice", "median", "min–max",
                             "RAVD %", "ASSD mm", "MSSD mm", "HD95 mm"], detail)

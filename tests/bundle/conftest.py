@@ -2,7 +2,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -15,12 +14,8 @@ from bundle_fixtures import (  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks gain nothing from a second thread on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _tiny_models_one_thread(one_thread):
+    """Every test here uses one torch thread (tests/conftest.py::one_thread says why)."""
 
 
 @pytest.fixture(scope="session")

@@ -44,13 +44,8 @@ class TinyGenerator(nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are overhead-bound: one thread is faster, and far faster when other jobs
-    share the machine's two cores (OpenMP threads then spin waiting for each other)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _tiny_models_one_thread(one_thread):
+    """Every test here uses one torch thread (tests/conftest.py::one_thread says why)."""
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medsemgan.models.config import model_config_from_dict
 
@@ -29,10 +28,5 @@ def tiny_config():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Model tests run many small ops; on a shared 2-core machine two OpenMP threads spend most
-    of their time waiting for each other, so these tests use one (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models_one_thread(one_thread):
+    """Every test here uses one torch thread (tests/conftest.py::one_thread says why)."""

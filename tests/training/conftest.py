@@ -26,10 +26,5 @@ def make_trainer():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny networks gain nothing from a second thread, and on a shared 2-core machine
-    # OpenMP threads that wait for each other make them many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _tiny_models_one_thread(one_thread):
+    """Every test here uses one torch thread (tests/conftest.py::one_thread says why)."""
