@@ -14,6 +14,8 @@ out-of-domain signal (:func:`ood_signal`: how well the generator reconstructs th
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import hashlib
 import json
 from pathlib import Path
@@ -87,11 +89,16 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
     def load():
         from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
         from medsemgan.inference.segment import DEFAULT_OOD_MSE, SegmentOptions, segment_volume
+        from medsemgan.inference.tto import TTOOptions
 
         model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
                                              model_config(weights) or DEFAULT_CONFIG).to(resolve_device(device))
         o = method.options
-        known = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16"}
+        # Segment options by name, any other TTOOptions field (e.g. perceptual, mse_weight) as is.
+        segment_keys = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16",
+                        "optimize_noise"}
+        tto_keys = {f.name for f in fields(TTOOptions)} - segment_keys
+        known = segment_keys | tto_keys
         unknown = sorted(set(o) - known)
         if unknown:
             raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
@@ -102,7 +109,8 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
             options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
                                      batch_size=o.get("batch_size"), seed=o.get("seed", 0), lr=o.get("lr"),
                                      early_stop_patience=o.get("early_stop_patience"), bf16=o.get("bf16"),
-                                     modality=modality)
+                                     optimize_noise=o.get("optimize_noise"), modality=modality,
+                                     extra_tto={k: v for k, v in o.items() if k in tto_keys})
             mask, extras = segment_volume(image, model, options)
             return mask, ood_signal(extras, threshold)
         return segment

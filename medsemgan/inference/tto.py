@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from medsemgan.inference.losses import mse_per_slice, reconstruction_loss_per_slice
+from medsemgan.inference.losses import PERCEPTUAL_LOSSES, mse_per_slice, reconstruction_loss_per_slice
 
 NOISE_INITS = ("random", "const")
 
@@ -53,6 +53,7 @@ class TTOOptions:
     betas: tuple[float, float] = (0.9, 0.999)
     perceptual_weight: float = 1.0
     mse_weight: float = 0.1
+    perceptual: str = "ms_ssim"  # structural term: 'ms_ssim' (SemanticGAN's role for LPIPS) or 'lncc'
     encoder_weight: float = 0.0  # ||w+ - E(G(w+))||^2, E(G(w+)) detached (one encoder forward per step)
     early_stop_patience: int = 0  # 0 = off; else steps without improvement before a slice stops
     early_stop_rel_tol: float = 1e-3  # improvement (fraction of the best loss) that resets patience
@@ -91,6 +92,8 @@ class TTOOptions:
             raise ValueError(f"noise_lr must be > 0, got {self.noise_lr}")
         if self.noise_reg_weight < 0:
             raise ValueError(f"noise_reg_weight must be >= 0, got {self.noise_reg_weight}")
+        if self.perceptual not in PERCEPTUAL_LOSSES:
+            raise ValueError(f"perceptual must be one of {sorted(PERCEPTUAL_LOSSES)}, got {self.perceptual!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
 
@@ -207,7 +210,8 @@ class _Objective:
             else:
                 image, logits = self.G.synthesis(ws, noise_mode=o.noise_mode)
         image, logits = image.float(), logits.float()
-        loss = reconstruction_loss_per_slice(image, target, o.perceptual_weight, o.mse_weight)
+        loss = reconstruction_loss_per_slice(image, target, o.perceptual_weight, o.mse_weight,
+                                             o.perceptual)
         if o.encoder_weight and self.E is not None:
             # As in SemanticGAN's inference: the re-encoding is a target, not a path for gradients
             # (cheaper: no backward pass through the encoder).

@@ -52,6 +52,7 @@ from medsemgan.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from medsemgan.training.modality_augment import ModalityAugmentConfig, modality_shift
 from medsemgan.training.sampler import CyclingSampler
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "latent_reg_weight": 0.0,  # ||w+ - w_avg||^2
     "latent_weight": 1.0,  # ||E(G(w+)) - w+||^2 on generated slices
     "truncation_psi": 1.0,  # for the generated slices
+    # Encoder inputs remapped to look like another modality; targets stay the CT slice
+    # (medsemgan.training.modality_augment; p 0 = off).
+    "modality_augment": {},
     "bf16": False,  # bfloat16 autocast for the G/E passes
     "checkpoint_kimg": 0.5,
     "log_every": 10,
@@ -106,6 +110,10 @@ def encoder_section(config: dict, source: Any = None) -> dict:
             raise InputError(source, f"encoder.train.{key} must be >= 1, got {t[key]}")
     if float(t["kimg"]) <= 0 or float(t["warmup_kimg"]) < 0 or int(t["synthetic_batch_size"]) < 0:
         raise InputError(source, "encoder.train: kimg must be > 0, warmup_kimg and synthetic_batch_size >= 0")
+    try:
+        ModalityAugmentConfig.from_dict(t["modality_augment"])
+    except (TypeError, ValueError) as err:
+        raise InputError(source, f"encoder.train: {err}") from None
     return section
 
 
@@ -152,6 +160,7 @@ class EncoderTrainer:
         self.unlabeled_sampler = CyclingSampler(len(self.unlabeled), int(self.t["batch_size"]), seed, stream=10)
         self.labeled_sampler = CyclingSampler(len(self.labeled_image), int(self.t["labeled_batch_size"]),
                                               seed, stream=11)
+        self.modality_augment = ModalityAugmentConfig.from_dict(self.t["modality_augment"])
         self.step_index = 0
         self.images_seen = 0
 
@@ -179,7 +188,7 @@ class EncoderTrainer:
         n = int(self.t["batch_size"])
         ws, image = self._generated(n)
         with self._amp():
-            pred = self.E(image)
+            pred = self.E(modality_shift(image, self.modality_augment))
         loss = float(self.t["latent_weight"]) * (pred.float() - ws).square().mean()
         self._apply(loss)
         self.images_seen += n
@@ -199,7 +208,7 @@ class EncoderTrainer:
             parts.append(img_syn)
         x = torch.cat(parts)
         with self._amp():
-            ws = self.E(x)
+            ws = self.E(modality_shift(x, self.modality_augment))
             image, logits = self.G.synthesis(ws, noise_mode="const")
         ws, image, logits = ws.float(), image.float(), logits.float()
         n_unl, n_lab = unl.shape[0], lab.shape[0]

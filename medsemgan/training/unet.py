@@ -83,6 +83,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
         "contrast": 1.0,
         "brightness": 0.5,
     },
+    # medsemgan.training.modality_augment (p 0 = off): the encoder's modality-shift augmentation,
+    # for the report row that gives the U-Net the same help.
+    "modality_augment": {},
     "checkpoint_every": 200,
     "log_every": 25,
     "progress": True,
@@ -97,6 +100,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 def normalise_config(config: dict, path: str | os.PathLike | None = None) -> dict:
     """Fill defaults, reject unknown keys (a typo must not silently train with a default)."""
     from medsemgan.training.augment import AugmentConfig
+    from medsemgan.training.modality_augment import ModalityAugmentConfig
 
     config = dict(config or {})
     unknown = sorted(set(config) - {"model", "data", "training", "_source"})
@@ -118,6 +122,10 @@ def normalise_config(config: dict, path: str | os.PathLike | None = None) -> dic
         AugmentConfig.from_dict(augment)
     except (TypeError, ValueError) as err:
         raise InputError(path, f"training.augment: {err}") from None
+    try:
+        ModalityAugmentConfig.from_dict(t["modality_augment"])
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"training: {err}") from None
     if d["source"] not in ("ct", "synthetic"):
         raise InputError(path, f"data.source must be 'ct' or 'synthetic', got {d['source']!r}")
     for key in ("iterations", "batch_size", "checkpoint_every", "log_every"):
@@ -205,13 +213,17 @@ def labeled_tensors(config: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
 # --- one step ---------------------------------------------------------------------------------
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, augment: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The GAN's augmentation; the mask travels in [-1, 1] and is re-binarised after resampling."""
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, augment: dict,
+                  modality_augment: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GAN's augmentation (the mask travels in [-1, 1] and is re-binarised after resampling),
+    then the optional modality shift on the image."""
     from medsemgan.training.augment import AugmentConfig, augment_pair
+    from medsemgan.training.modality_augment import ModalityAugmentConfig, modality_shift
 
     cfg = AugmentConfig.from_dict(augment)
     aug_images, aug_masks = augment_pair(images, masks * 2 - 1, cfg)
-    return aug_images.clamp(-1, 1), (aug_masks > 0).to(images.dtype)
+    aug_images = modality_shift(aug_images.clamp(-1, 1), ModalityAugmentConfig.from_dict(modality_augment))
+    return aug_images, (aug_masks > 0).to(images.dtype)
 
 
 def learning_rate(t: dict, step: int) -> float:
@@ -250,7 +262,8 @@ class UNetTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.t, self.step_index)
         index = torch.randint(0, self.images.shape[0], (int(self.t["batch_size"]),))
-        images, masks = augment_batch(self.images[index], self.masks[index], self.t["augment"])
+        images, masks = augment_batch(self.images[index], self.masks[index], self.t["augment"],
+                                      self.t["modality_augment"])
         loss = self.loss_fn(self.net(images), masks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

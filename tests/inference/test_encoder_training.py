@@ -99,3 +99,40 @@ def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file,
     summary = json.loads(capsys.readouterr().out)
     assert summary["finished"] and summary["images_seen"] >= 16
     assert (out / "encoder.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+
+def test_modality_augment_changes_the_encoder_inputs_not_the_targets(tmp_path, generator_file, tensors, monkeypatch):
+    from medsemgan.training import encoder as encoder_module
+
+    seen = []
+    real_shift = encoder_module.modality_shift
+
+    def recording_shift(x, cfg):
+        out = real_shift(x, cfg)
+        seen.append((x.clone(), out.clone(), cfg.p))
+        return out
+
+    targets = []
+    real_mse = encoder_module.mse_per_slice
+
+    def recording_mse(image, target):
+        targets.append(target.clone())
+        return real_mse(image, target)
+
+    monkeypatch.setattr(encoder_module, "modality_shift", recording_shift)
+    monkeypatch.setattr(encoder_module, "mse_per_slice", recording_mse)
+    cfg = json.loads(json.dumps(TINY))
+    cfg["encoder"]["train"]["modality_augment"] = {"p": 1.0}
+    summary = train_encoder(cfg, tmp_path / "aug", generator=generator_file, tensors=tensors, max_steps=4)
+    assert summary["steps"] == 4 and len(seen) == 4
+    # Every step's inputs were remapped (p = 1), the real steps included.
+    assert all(p == 1.0 and not torch.equal(before, after) for before, after, p in seen)
+    # The reconstruction target of a real step is the slice before the shift, not the shifted input.
+    real_steps = seen[-len(targets):]
+    assert len(targets) == 2  # 2 warm-up steps (latent loss only), then 2 real steps
+    for (before, after, _), target in zip(real_steps, targets):
+        assert torch.equal(target, before) and not torch.equal(target, after)
+    with pytest.raises(InputError, match="modality_augment"):
+        encoder_section({"encoder": {"train": {"modality_augment": {"p": 2}}}})
+    with pytest.raises(InputError, match="unknown modality_augment keys"):
+        encoder_section({"encoder": {"train": {"modality_augment": {"strength": 1}}}})

@@ -101,3 +101,37 @@ def test_separable_ssim_matches_monai():
                                  data_range=2.0)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_lncc_ignores_local_contrast_sign_and_offset_but_not_structure():
+    from medsemgan.inference.losses import lncc_loss_per_slice
+
+    torch.manual_seed(0)
+    # Smooth structure at 64 px, with the local contrast of organ edges in [-1, 1] images.
+    x = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 68, 68), 5, 1) * 4 - 2
+    remapped = -0.5 * x + 0.3  # inverted contrast, other offset: the same structure
+    other = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 68, 68), 5, 1) * 4 - 2
+    same = lncc_loss_per_slice(x, remapped)
+    different = lncc_loss_per_slice(x, other)
+    assert same.shape == (3,)
+    assert same.max() < 0.15  # not 0: eps makes near-flat windows count as uncorrelated
+    assert different.min() > 0.8
+    # MS-SSIM, by contrast, punishes the inverted contrast as much as a different image.
+    assert ms_ssim_loss_per_slice(x, remapped).min() > 0.5
+
+
+def test_reconstruction_loss_names_its_structural_term():
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    y = -x
+    lncc = reconstruction_loss_per_slice(x, y, perceptual_weight=1.0, mse_weight=0.0, perceptual="lncc")
+    ssim = reconstruction_loss_per_slice(x, y, perceptual_weight=1.0, mse_weight=0.0)
+    assert (lncc < 0.15).all() and (ssim > 0.5).all()
+    with pytest.raises(ValueError, match="perceptual must be one of"):
+        TTOOptions(perceptual="lpips").validate()
+
+
+def test_optimisation_with_lncc_lowers_its_loss(tiny_models, target_slices):
+    G, E = tiny_models
+    start = invert(G, E, target_slices, TTOOptions(steps=0, perceptual="lncc", mse_weight=0.0))
+    optimised = invert(G, E, target_slices, TTOOptions(steps=15, lr=0.1, perceptual="lncc", mse_weight=0.0))
+    assert optimised.loss.sum() < start.loss.sum()

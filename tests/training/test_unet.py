@@ -136,3 +136,27 @@ def test_train_unet_cli(tmp_path, monkeypatch):
     assert code == 0
     assert export.is_file() and json.loads(export.with_suffix(".json").read_text())["iterations"] == 3
     assert main(["train", "unet", "--config", str(path), "--out", str(tmp_path / "run")]) == 2  # needs --resume
+
+
+def test_modality_augment_is_validated_and_reaches_the_training_batch():
+    from medsemgan.training import unet as unet_module
+    from medsemgan.training.modality_augment import modality_shift
+
+    with pytest.raises(InputError, match="modality_augment"):
+        normalise_config({"training": {"modality_augment": {"p": -1}}})
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    masks = (images > 0).float()
+    off_a, _ = unet_module.augment_batch(images, masks, {"p": 0.0})
+    torch.manual_seed(0)
+    plain, _ = unet_module.augment_batch(images, masks, {"p": 0.0}, {"p": 0.0})
+    torch.manual_seed(0)
+    shifted, shifted_masks = unet_module.augment_batch(images, masks, {"p": 0.0}, {"p": 1.0})
+    assert torch.equal(off_a, plain)
+    assert not torch.equal(shifted, plain)
+    assert torch.equal(shifted_masks, masks)  # the mask is never remapped
+    # The shift comes after the geometric/intensity jitter: with that off, it is the whole change.
+    from medsemgan.training.modality_augment import ModalityAugmentConfig
+
+    torch.manual_seed(0)
+    unet_module.augment_batch(images, masks, {"p": 0.0})  # the same RNG draws as above
+    assert torch.equal(shifted, modality_shift(plain, ModalityAugmentConfig(p=1.0)))
