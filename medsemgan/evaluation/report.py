@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 
 METRICS = ("dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml")
 # report_methods.ood_signal's fields in the CSV (empty for methods without the signal)
-OOD_COLUMNS = ("recon_mse_mean", "recon_mse_median", "recon_mse_max", "out_of_domain", "ood_mse_threshold")
+OOD_COLUMNS = ("recon_mse_mean", "recon_mse_median", "recon_mse_max", "objective_mean", "out_of_domain",
+               "ood_mse_threshold")
 CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
                *OOD_COLUMNS, "seconds", "cached", "prediction", "error")
 IN_DOMAIN, OUT_OF_DOMAIN = "CT", "MR"  # the generator is trained on CT
@@ -288,6 +289,7 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
 def _ood_cell(ok_rows: list[dict]) -> dict:
     measured = [r for r in ok_rows if r.get("recon_mse_mean") is not None]
     return {"cases": len(measured), "recon_mse": _stats([r["recon_mse_mean"] for r in measured]),
+            "objective": _stats([r["objective_mean"] for r in measured if r.get("objective_mean") is not None]),
             "flagged": sum(bool(r["out_of_domain"]) for r in measured),
             "thresholds": sorted({r["ood_mse_threshold"] for r in measured if r.get("ood_mse_threshold") is not None})}
 
@@ -347,22 +349,26 @@ def _ood_section(config: ReportConfig, summary: dict) -> list[str]:
              "generator's reconstruction MSE (how well G explains each model-space slice from the "
              "encoder's W+, after test-time optimisation when the method runs it) exceeds the model configuration's "
              "`inference.ood_mse_threshold`. Per case: that mean; here its mean ± sample std and "
-             "range over the cases, and how many cases were flagged.", ""]
+             "range over the cases, and how many cases were flagged. \"Objective\": the range of the "
+             "per-case mean inversion objective (structural term + weighted MSE), a second candidate "
+             "signal that also weighs structure.", ""]
     table = []
     for m, b, ts, cell in _available_cells(config, cells, gans):
         ood = cell["ood"]
         stats = ood["recon_mse"]
         spread = "–" if not stats["n"] else (
             _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}"))
+        objective = ood["objective"]
         table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]), spread,
                       f"{_g(stats['min'])}–{_g(stats['max'])}" if stats["n"] else "–",
+                      f"{_g(objective['min'])}–{_g(objective['max'])}" if objective["n"] else "–",
                       f"{ood['flagged']}/{ood['cases']}",
                       ", ".join(_g(t) for t in ood["thresholds"]) or "–"])
     if not table:
         lines.append("No SemanticGAN method was available.")
         return lines
     lines += _md_table(["method", "budget", "test set", "cases", "recon MSE mean ± std", "min–max",
-                        "flagged", "threshold used"], table)
+                        "objective min–max", "flagged", "threshold used"], table)
     lines += ["", "Suggested threshold (CT cases in domain, MRI cases out of domain: the midpoint between "
               "the largest CT and the smallest MRI value when they separate):", ""]
     for m in gans:

@@ -79,6 +79,8 @@ def ood_signal(extras: dict, threshold: float) -> dict:
         "recon_mse_mean": float(extras["mean_recon_mse"]),
         "recon_mse_median": float(np.median(per_slice)) if per_slice else None,
         "recon_mse_max": float(max(per_slice)) if per_slice else None,
+        # the inversion objective's mean (structural term + weighted MSE): a second candidate signal
+        "objective_mean": None if extras.get("mean_objective") is None else float(extras["mean_objective"]),
         "out_of_domain": bool(extras["out_of_domain"]),
         "ood_mse_threshold": float(extras.get("ood_mse_threshold", threshold)),
         "recon_mse": per_slice,

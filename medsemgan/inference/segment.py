@@ -155,8 +155,8 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
 
     ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
     ``extras``: ``probability`` (float32 ``MetaTensor`` like ``mask``, when ``save_prob``),
-    ``recon_mse`` / ``steps_run`` per slice (model-space order: inferior to superior),
-    ``mean_recon_mse``, ``out_of_domain``, ``modality``, ``seconds``.
+    ``recon_mse`` / ``objective`` / ``steps_run`` per slice (model-space order: inferior to
+    superior), ``mean_recon_mse``, ``mean_objective``, ``out_of_domain``, ``modality``, ``seconds``.
     """
     options = options or SegmentOptions()
     started = time.perf_counter()
@@ -175,6 +175,7 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
                       affine=image.affine.clone())
     recon = inferer.last_extras["recon_mse"][0].cpu()
+    objective = inferer.last_extras["loss"][0].cpu()
     mean_recon = float(recon.mean())
     threshold = float(cfg.get("ood_mse_threshold", DEFAULT_OOD_MSE))
     extras: dict[str, Any] = {
@@ -186,6 +187,9 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "steps_run": inferer.last_extras["steps_run"][0].cpu().tolist(),
         "recon_mse": [round(float(v), 6) for v in recon],
         "mean_recon_mse": mean_recon,
+        # the inversion objective (structural term + weighted MSE) at the returned w+, per slice
+        "objective": [round(float(v), 6) for v in objective],
+        "mean_objective": float(objective.mean()),
         "out_of_domain": mean_recon > threshold,
         "liver_voxels": int(mask.sum()),
         "seconds": time.perf_counter() - started,

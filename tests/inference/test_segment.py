@@ -71,6 +71,9 @@ def test_nifti_mask_has_the_input_shape_and_exact_affine(shared_data, bundle, tm
     assert prob.shape == original.shape and prob.get_data_dtype() == np.float32
     report = json.loads((tmp_path / "image_2.json").read_text())
     assert report["modality"] == "MR" and len(report["recon_mse"]) == original.shape[2]
+    assert len(report["objective"]) == original.shape[2]
+    assert report["mean_objective"] == pytest.approx(np.mean(report["objective"]), abs=1e-5)
+    assert report["mean_objective"] > 0
 
 
 def _itk_affine(folder):
