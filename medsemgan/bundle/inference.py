@@ -81,7 +81,7 @@ def make_inferer(network, steps: int | None = None, encoder_only: bool = False,
     options = segment_options(steps, as_bool(encoder_only, "encoder_only"), batch_size, seed, **tto)
     cfg = network.config.inference
     return TTOInferer(options.tto_options(cfg), batch_size=options.slice_batch(cfg),
-                      progress=as_bool(progress, "progress"))
+                      progress=as_bool(progress, "progress"), modality_options=options.modality_tto_options(cfg))
 
 
 def ood_threshold(network) -> float:

@@ -21,6 +21,7 @@ from monai.transforms import Compose, InvertibleTransform, MapTransform
 
 from medsemgan.bundle.options import as_optional_str
 from medsemgan.errors import InputError
+from medsemgan.inference.inferer import MODALITY_META_KEY
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ MODALITY_KEY = "modality"
 MODALITY_FROM_KEY = "modality_from"
 INPUT_AFFINE_KEY = "input_affine"
 INPUT_SHAPE_KEY = "input_shape"
-META_MODALITY_KEY = "medsemgan_modality"
+META_MODALITY_KEY = MODALITY_META_KEY  # TTOInferer picks per-modality options by it
 
 
 class ModalityPreprocessd(MapTransform, InvertibleTransform):

@@ -58,7 +58,14 @@ def load_model_sections(name_or_path: str | os.PathLike | dict) -> ModelConfig:
     for section in ("encoder", "inference"):
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise InputError(path, f"'{section}:' must be a mapping")
-    return ModelConfig(model, dict(raw.get("encoder") or {}), dict(raw.get("inference") or {}), str(path))
+    inference = dict(raw.get("inference") or {})
+    from medsemgan.inference.segment import modality_overrides
+
+    try:
+        modality_overrides(inference)
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+    return ModelConfig(model, dict(raw.get("encoder") or {}), inference, str(path))
 
 
 def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:

@@ -57,18 +57,48 @@ class SegmentOptions:
     progress: bool = False
     extra_tto: dict = field(default_factory=dict)  # any other TTOOptions field
 
-    def tto_options(self, inference_cfg: dict) -> TTOOptions:
+    def tto_options(self, inference_cfg: dict, modality: str | None = None) -> TTOOptions:
+        """The model configuration's ``inference:`` options, then its ``modality_overrides`` for
+        ``modality``, then these options (the user's word wins)."""
         overrides = dict(self.extra_tto, steps=0 if self.encoder_only else self.steps, seed=self.seed,
                          lr=self.lr, early_stop_patience=self.early_stop_patience, bf16=self.bf16)
         if self.optimize_noise is not None:  # else keep an extra_tto value
             overrides["optimize_noise"] = self.optimize_noise
-        return TTOOptions.from_config(inference_cfg, **overrides)
+        section = dict(inference_cfg)
+        if modality is not None:
+            section.update(modality_overrides(inference_cfg).get(modality.upper(), {}))
+        return TTOOptions.from_config(section, **overrides)
+
+    def modality_tto_options(self, inference_cfg: dict) -> dict[str, TTOOptions]:
+        """``tto_options`` for every modality the configuration overrides (for ``TTOInferer``)."""
+        return {m: self.tto_options(inference_cfg, m) for m in modality_overrides(inference_cfg)}
 
     def slice_batch(self, inference_cfg: dict) -> int:
         return int(self.batch_size or inference_cfg.get("batch_size", DEFAULT_BATCH_SIZE))
 
 
 # --------------------------------------------------------------------------- one volume
+
+
+def modality_overrides(inference_cfg: dict) -> dict[str, dict]:
+    """``inference.modality_overrides`` checked: ``{CT|MR: {TTO option: value}}``. A typo must not
+    silently fall back to the shared value, so unknown modalities and option names are errors."""
+    from dataclasses import fields
+
+    raw = inference_cfg.get("modality_overrides") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"inference.modality_overrides must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in fields(TTOOptions)}
+    out = {}
+    for modality, values in raw.items():
+        key = {"MRI": "MR"}.get(str(modality).upper(), str(modality).upper())
+        if key not in ("CT", "MR"):
+            raise ValueError(f"inference.modality_overrides: unknown modality {modality!r} (CT or MR)")
+        unknown = sorted(set(values or {}) - known)
+        if unknown:
+            raise ValueError(f"inference.modality_overrides.{modality}: unknown options {unknown}")
+        out[key] = dict(values or {})
+    return out
 
 
 def guess_modality(image: torch.Tensor) -> str:
@@ -118,12 +148,12 @@ class VolumePrediction:
 
 
 def predict_volume(image: str | os.PathLike | MetaTensor, resolution: int,
-                   predict: Callable[[MetaTensor], torch.Tensor],
+                   predict: Callable[[MetaTensor, str], torch.Tensor],
                    modality: str | None = None) -> VolumePrediction:
     """The geometry path every segmentation method shares (the GAN here, the U-Net baseline in
     ``medsemgan.inference.unet``): load -> ``resolve_modality`` -> ``preprocess(modality,
-    resolution)`` -> ``predict`` (model-space volume ``[1, S, S, Z]`` -> liver probability
-    ``[1, S, S, Z]`` on the CPU) -> MONAI ``Invertd`` back to the input's exact shape."""
+    resolution)`` -> ``predict`` (model-space volume ``[1, S, S, Z]`` and its modality -> liver
+    probability ``[1, S, S, Z]`` on the CPU) -> MONAI ``Invertd`` back to the input's exact shape."""
     from monai.transforms import Invertd
 
     from medsemgan.data.io import load_image
@@ -138,7 +168,7 @@ def predict_volume(image: str | os.PathLike | MetaTensor, resolution: int,
     modality, modality_from = resolve_modality(image, path, modality)
     transform = preprocess(modality, resolution, keys=("image",))
     data = transform({"image": image})
-    prob = predict(data["image"])
+    prob = predict(data["image"], modality)
     data["pred"] = MetaTensor(prob)
     inverted = Invertd(keys="pred", transform=transform, orig_keys="image",
                        nearest_interp=False)(data)["pred"]
@@ -161,11 +191,11 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     options = options or SegmentOptions()
     started = time.perf_counter()
     cfg = model.config.inference
-    tto = options.tto_options(cfg)
-    inferer = TTOInferer(tto, batch_size=options.slice_batch(cfg), progress=options.progress)
+    inferer = TTOInferer(options.tto_options(cfg), batch_size=options.slice_batch(cfg),
+                         progress=options.progress, modality_options=options.modality_tto_options(cfg))
 
-    def predict(volume: MetaTensor) -> torch.Tensor:
-        logits = inferer(volume.as_tensor()[None], model)
+    def predict(volume: MetaTensor, modality: str) -> torch.Tensor:
+        logits = inferer(volume.as_tensor()[None], model, modality=modality)
         return torch.sigmoid(logits[0, :1].float()).cpu()
 
     predicted = predict_volume(image, model.resolution, predict, options.modality)
@@ -183,7 +213,7 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
         "slices": int(recon.numel()),
-        "steps": tto.steps,
+        "steps": inferer.options_for(predicted.modality).steps,
         "steps_run": inferer.last_extras["steps_run"][0].cpu().tolist(),
         "recon_mse": [round(float(v), 6) for v in recon],
         "mean_recon_mse": mean_recon,

@@ -107,7 +107,7 @@ def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSe
     from medsemgan.data.slices import volume_to_slices
     from medsemgan.inference.segment import predict_volume
 
-    def predict(volume: MetaTensor) -> torch.Tensor:
+    def predict(volume: MetaTensor, modality: str) -> torch.Tensor:  # one network for every modality
         prob = predict_slices(segmenter, volume_to_slices(volume), batch_size)  # [Z,1,S,S]
         return prob.permute(1, 2, 3, 0).contiguous()
 
