@@ -122,6 +122,7 @@ def _encoder_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         "kimg": train.get("kimg"),
         "warmup_kimg": train.get("warmup_kimg"),
         "labeled_budget": (config.get("data") or {}).get("labeled_budget"),
+        "modality_augment": train.get("modality_augment"),
     }
     return state, info
 
@@ -162,7 +163,13 @@ def export_generator(gan: Path, models_dir: Path, dtype: str = "fp16", budget: s
 
 
 def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget: str | None = None,
-                   allow_other_generator: bool = False) -> Path:
+                   allow_other_generator: bool = False, modality: str | None = None) -> Path:
+    """``modality`` None: the default encoder (``encoder.pt``); ``MR``/``CT``: the encoder used for
+    studies of that modality (``encoder_mr.pt``, ``SegmentationModel.encoder_for``)."""
+    from medsemgan.inference.model import MODALITIES
+
+    if modality is not None and modality.upper() not in MODALITIES:
+        raise InputError(None, f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     state, info = _encoder_source(encoder)
     generator_file = models_dir / weights_name("generator", budget)
     trained_against = str(info.get("generator") or "")
@@ -174,10 +181,12 @@ def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget:
             raise InputError(encoder, f"was trained against {trained_against or 'an unknown generator'}, not "
                                       f"{generator_file} (retrain it with --generator {generator_file}, "
                                       "or pass --allow-other-generator)")
-    out = models_dir / weights_name("encoder", budget)
+    kind = "encoder" if modality is None else f"encoder_{modality.lower()}"
+    out = models_dir / weights_name(kind, budget)
     _write_state(cast_state(state, DTYPES[dtype]), out)
+    what = "encoder image -> W+" + ("" if modality is None else f", for {modality.upper()} studies")
     _record(models_dir, out.name, info | {
-        "what": "encoder image -> W+, plain state dict", "dtype": dtype, "sha256": file_sha256(out),
+        "what": what + ", plain state dict", "dtype": dtype, "sha256": file_sha256(out),
         "exported": datetime.datetime.now().isoformat(timespec="seconds"),
     })
     return out
@@ -195,6 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse a generator cast that flips more than this fraction of mask pixels")
     parser.add_argument("--allow-other-generator", action="store_true",
                         help="export an encoder trained against a different generator file")
+    parser.add_argument("--modality", default=None,
+                        help="export the encoder as the one for this modality's studies (MR -> encoder_mr.pt); "
+                             "default: the encoder for every study (encoder.pt)")
 
 
 def run(args) -> int:
@@ -210,6 +222,6 @@ def run(args) -> int:
                                                     args.max_mask_disagreement))
     if args.encoder is not None:
         written["encoder"] = str(export_encoder(args.encoder, models_dir, args.dtype, args.budget,
-                                                args.allow_other_generator))
+                                                args.allow_other_generator, args.modality))
     print(json.dumps({"written": written, "provenance": str(models_dir / PROVENANCE_NAME)}, indent=2))
     return 0

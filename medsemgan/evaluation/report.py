@@ -161,7 +161,8 @@ class Job:
 
     @property
     def cache_key(self) -> str:
-        blob = json.dumps({"runner": self.runner.fingerprint, "case": _case_fingerprint(self.study)}, sort_keys=True)
+        blob = json.dumps({"runner": self.runner.fingerprint_for(self.test_set.modality),
+                           "case": _case_fingerprint(self.study)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def cache_path(self, out: Path) -> Path:

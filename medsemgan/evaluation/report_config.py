@@ -20,6 +20,8 @@ from medsemgan.paths import CONFIG_DIR, REPO_DIR
 
 DEFAULT_CONFIG = CONFIG_DIR / "report.yaml"
 KINDS = ("semanticgan", "unet", "masks")
+# Optional per-modality encoders of a SemanticGAN method's weights, key -> modality.
+SEMANTICGAN_MODALITY_ENCODERS = {"encoder_ct": "CT", "encoder_mr": "MR"}
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Method:
     name: str
     kind: str
     options: dict
-    weights: dict  # budget key -> path or {generator, encoder, config} (already resolved)
+    weights: dict  # budget key -> path or {generator, encoder, [encoder_mr,] config} (already resolved)
 
 
 @dataclass
@@ -147,10 +149,17 @@ def _method(raw: dict, budgets: list[Budget], weights_root: Path, source: str) -
         if kind == "semanticgan":
             if not isinstance(value, dict) or not {"generator", "encoder"} <= set(value):
                 raise InputError(source, f"method {raw['key']} budget {budget_key}: give generator: and encoder:")
+            extra_keys = sorted(set(value) - {"generator", "encoder", "config", *SEMANTICGAN_MODALITY_ENCODERS})
+            if extra_keys:
+                raise InputError(source, f"method {raw['key']} budget {budget_key}: unknown weight keys {extra_keys} "
+                                         f"(generator, encoder, config, {', '.join(SEMANTICGAN_MODALITY_ENCODERS)})")
             weights[str(budget_key)] = {
                 "generator": _resolve(value["generator"], weights_root, "weights", source),
                 "encoder": _resolve(value["encoder"], weights_root, "weights", source),
                 "config": value.get("config"),
+                # per-modality encoders (SegmentationModel.encoder_for): encoder_mr -> MR studies
+                **{key: _resolve(value[key], weights_root, "weights", source)
+                   for key in SEMANTICGAN_MODALITY_ENCODERS if value.get(key)},
             }
         else:
             weights[str(budget_key)] = _resolve(value, weights_root, "weights", source)

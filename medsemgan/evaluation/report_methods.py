@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medsemgan.errors import InputError
-from medsemgan.evaluation.report_config import Method
+from medsemgan.evaluation.report_config import SEMANTICGAN_MODALITY_ENCODERS, Method
 
 CACHE_VERSION = 1
 
@@ -51,12 +51,21 @@ class Runner:
     signal dict)``. Models load on first use, so a fully cached report never loads them."""
 
     def __init__(self, method: Method, budget: str, files: list[Path], device: str,
-                 load: Callable[[], Callable], extra: dict | None = None):
+                 load: Callable[[], Callable], extra: dict | None = None,
+                 modality_files: dict[str, list[Path]] | None = None):
+        """``modality_files``: the files a case of that modality depends on, when that is not all
+        of ``files`` (a SemanticGAN with an encoder per modality): replacing the MR encoder then
+        leaves the CT cases' cache valid, and the reverse."""
         self.method, self.budget, self.files, self.device = method, budget, files, device
         self._load, self._segment = load, None
-        self.fingerprint = hashlib.sha256(json.dumps({
-            "version": CACHE_VERSION, "kind": method.kind, "options": method.options,
-            "files": [_file_stamp(f) for f in files if f.exists()], "extra": extra or {},
+        self._extra, self._modality_files = extra or {}, modality_files or {}
+        self.fingerprint = self.fingerprint_for(None)
+
+    def fingerprint_for(self, modality: str | None) -> str:
+        files = self._modality_files.get((modality or "").upper(), self.files)
+        return hashlib.sha256(json.dumps({
+            "version": CACHE_VERSION, "kind": self.method.kind, "options": self.method.options,
+            "files": [_file_stamp(f) for f in files if f.exists()], "extra": self._extra,
         }, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     @property
@@ -93,8 +102,10 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
         from medsemgan.inference.segment import DEFAULT_OOD_MSE, SegmentOptions, segment_volume
         from medsemgan.inference.tto import TTOOptions
 
-        model = SegmentationModel.from_files(weights["generator"], weights["encoder"],
-                                             model_config(weights) or DEFAULT_CONFIG).to(resolve_device(device))
+        model = SegmentationModel.from_files(
+            weights["generator"], weights["encoder"], model_config(weights) or DEFAULT_CONFIG,
+            {m: weights[k] for k, m in SEMANTICGAN_MODALITY_ENCODERS.items() if weights.get(k)},
+        ).to(resolve_device(device))
         o = method.options
         # Segment options by name, any other TTOOptions field (e.g. perceptual, mse_weight) as is.
         segment_keys = {"steps", "encoder_only", "batch_size", "seed", "lr", "early_stop_patience", "bf16",
@@ -157,11 +168,16 @@ def make_runner(method: Method, budget: str, weights_root: Path, device: str) ->
         return "not available (no weights configured for this budget)"
     value = method.weights[budget]
     extra: dict = {}
+    modality_files: dict | None = None
     if method.kind == "semanticgan":
-        files = [value["generator"], value["encoder"]]
+        modality_encoders = {m: value[k] for k, m in SEMANTICGAN_MODALITY_ENCODERS.items() if value.get(k)}
+        files = [value["generator"], value["encoder"], *modality_encoders.values()]
         config = model_config(value)
-        if config is not None and Path(config).is_file():
-            files.append(Path(config))
+        config_files = [Path(config)] if config is not None and Path(config).is_file() else []
+        files += config_files
+        # A case of a modality with its own encoder depends on that encoder, not the default one.
+        modality_files = {m: [value["generator"], modality_encoders.get(m, value["encoder"]), *config_files]
+                          for m in SEMANTICGAN_MODALITY_ENCODERS.values()}
         extra = {"config": str(config)}
         load = _semanticgan_loader(method, value, device)
     elif method.kind == "unet":
@@ -175,7 +191,7 @@ def make_runner(method: Method, budget: str, weights_root: Path, device: str) ->
     missing = _missing(files, weights_root)
     if missing:
         return f"not available (missing {', '.join(missing)})"
-    return Runner(method, budget, files, device, load, extra)
+    return Runner(method, budget, files, device, load, extra, modality_files)
 
 
 def model_config(weights: dict) -> str | Path | None:

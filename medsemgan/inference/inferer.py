@@ -66,13 +66,15 @@ class TTOInferer(Inferer):
         """``network``: a ``SegmentationModel`` (anything with ``.generator`` and ``.encoder``)."""
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise ValueError(f"expected volumes [B, 1, S, S, D], got {list(inputs.shape)}")
-        G, E = network.generator, network.encoder
+        G = network.generator
         device = next(G.parameters()).device
         modalities = _modalities(inputs, inputs.shape[0], modality)
         volumes = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         outputs, recon, loss, steps = [], [], [], []
         for b in range(volumes.shape[0]):
             options = self.options_for(modalities[b])
+            # A model may carry an encoder per modality (SegmentationModel.encoder_for).
+            E = network.encoder_for(modalities[b]) if hasattr(network, "encoder_for") else network.encoder
             slices = volumes[b].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)  # [D,1,S,S]
             logits_b, recon_b, loss_b, steps_b = [], [], [], []
             chunks = slices.split(self.batch_size)

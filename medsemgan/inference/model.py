@@ -1,9 +1,11 @@
 """``SegmentationModel``: the generator, the encoder and the configuration they were built from.
 
 Weights are plain state dicts (``torch.load(weights_only=True)``): a bundle holds
-``models/generator.pt`` (the EMA generator) and ``models/encoder.pt``; the configuration comes from
-the bundle's ``configs/model.yaml`` if present, else from a named configuration in
-``medsemgan/configs`` (``cpu128`` by default).
+``models/generator.pt`` (the EMA generator) and ``models/encoder.pt``, and optionally encoders for
+other modalities, ``models/encoder_<modality>.pt`` (``encoder_mr.pt``: trained with the
+modality-shift augmentation, used for MR studies; ``encoder.pt`` serves every other study). The
+configuration comes from the bundle's ``configs/model.yaml`` if present, else from a named
+configuration in ``medsemgan/configs`` (``cpu128`` by default).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from medsemgan.paths import DEFAULT_BUNDLE_DIR
 DEFAULT_CONFIG = "cpu128"
 GENERATOR_FILE = Path("models") / "generator.pt"
 ENCODER_FILE = Path("models") / "encoder.pt"
+MODALITIES = ("CT", "MR")
+
+
+def modality_encoder_file(modality: str) -> Path:
+    """``models/encoder_<modality>.pt`` (lower case), e.g. ``models/encoder_mr.pt``."""
+    return Path("models") / f"encoder_{modality.lower()}.pt"
 BUNDLE_CONFIG_FILE = Path("configs") / "model.yaml"
 
 
@@ -99,11 +107,19 @@ def _load_into(module: nn.Module, state: dict, path: Path, what: str) -> None:
 class SegmentationModel(nn.Module):
     """G + E. ``forward(images)`` is the encoder-only segmentation (label logits) of 2-D slices."""
 
-    def __init__(self, generator: nn.Module, encoder: nn.Module, config: ModelConfig):
+    def __init__(self, generator: nn.Module, encoder: nn.Module, config: ModelConfig,
+                 modality_encoders: dict[str, nn.Module] | None = None):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.encoder = encoder.eval().requires_grad_(False)
+        self.modality_encoders = nn.ModuleDict({m.upper(): e.eval().requires_grad_(False)
+                                                for m, e in (modality_encoders or {}).items()})
         self.config = config
+
+    def encoder_for(self, modality: str | None) -> nn.Module:
+        """The encoder trained for ``modality`` when the model has one, else the default encoder."""
+        key = (modality or "").upper()
+        return self.modality_encoders[key] if key in self.modality_encoders else self.encoder
 
     @property
     def resolution(self) -> int:
@@ -131,13 +147,22 @@ class SegmentationModel(nn.Module):
 
     @classmethod
     def from_files(cls, generator_path: str | os.PathLike, encoder_path: str | os.PathLike,
-                   config: str | os.PathLike | dict | ModelConfig = DEFAULT_CONFIG) -> "SegmentationModel":
+                   config: str | os.PathLike | dict | ModelConfig = DEFAULT_CONFIG,
+                   modality_encoders: dict[str, str | os.PathLike] | None = None) -> "SegmentationModel":
+        """``modality_encoders``: ``{modality: encoder file}`` for studies of that modality."""
         generator_path, encoder_path = Path(generator_path), Path(encoder_path)
         g_state = load_state_dict_file(generator_path, "generator")
         e_state = load_state_dict_file(encoder_path, "encoder")
         model = cls.build(config)
         _load_into(model.generator, g_state, generator_path, "generator")
         _load_into(model.encoder, e_state, encoder_path, "encoder")
+        for modality, path in (modality_encoders or {}).items():
+            key = modality.upper()
+            if key not in MODALITIES:
+                raise InputError(path, f"encoder for unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
+            encoder = copy.deepcopy(model.encoder)
+            _load_into(encoder, load_state_dict_file(Path(path), f"{key} encoder"), Path(path), f"{key} encoder")
+            model.modality_encoders[key] = encoder.eval().requires_grad_(False)
         return model
 
     @classmethod
@@ -149,15 +174,19 @@ class SegmentationModel(nn.Module):
         if config is None:
             bundled = bundle / BUNDLE_CONFIG_FILE
             config = bundled if bundled.is_file() else DEFAULT_CONFIG
-        return cls.from_files(bundle / GENERATOR_FILE, bundle / ENCODER_FILE, config)
+        extra = {m: bundle / modality_encoder_file(m) for m in MODALITIES
+                 if (bundle / modality_encoder_file(m)).is_file()}
+        return cls.from_files(bundle / GENERATOR_FILE, bundle / ENCODER_FILE, config, extra)
 
-    def save(self, folder: str | os.PathLike) -> tuple[Path, Path]:
-        """Write both state dicts in the bundle layout under ``folder`` (atomically)."""
+    def save(self, folder: str | os.PathLike) -> tuple[Path, ...]:
+        """Write every state dict in the bundle layout under ``folder`` (atomically)."""
         from medsemgan.io_utils import atomic_path
 
         folder = Path(folder)
-        paths = (folder / GENERATOR_FILE, folder / ENCODER_FILE)
-        for module, path in zip((self.generator, self.encoder), paths):
+        modules = [self.generator, self.encoder, *self.modality_encoders.values()]
+        paths = (folder / GENERATOR_FILE, folder / ENCODER_FILE,
+                 *(folder / modality_encoder_file(m) for m in self.modality_encoders))
+        for module, path in zip(modules, paths):
             with atomic_path(path) as tmp:
                 torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
         return paths

@@ -427,6 +427,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides encoder.train.device)")
     parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--modality-augment", type=float, default=None, metavar="P",
+                        help="share of inputs remapped like another modality (overrides "
+                             "encoder.train.modality_augment.p; 0.7 trains the shipped MR encoder)")
 
 
 def run(args) -> int:
@@ -440,6 +443,12 @@ def run(args) -> int:
         t["device"] = args.device
     if args.data is not None:
         config["data"]["root"] = args.data
+    if getattr(args, "modality_augment", None) is not None:
+        t["modality_augment"] = {**t["modality_augment"], "p": args.modality_augment}
+        try:
+            ModalityAugmentConfig.from_dict(t["modality_augment"])
+        except ValueError as err:
+            raise InputError(None, f"--modality-augment: {err}") from None
     out = Path(args.out) if args.out else Path("runs") / f"encoder_{config['model'].get('name') or 'custom'}"
     summary = train_encoder(config, out, resume=args.resume, generator=args.generator)
     print_summary(summary)

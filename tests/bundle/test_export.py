@@ -35,8 +35,9 @@ def gan_run(tmp_path_factory):
     return config, out
 
 
-def _encoder_run(config, generator: Path, out: Path) -> Path:
-    encoder_config = {"model": config["model"], "data": config["data"], "encoder": ENCODER}
+def _encoder_run(config, generator: Path, out: Path, **train) -> Path:
+    encoder = {**ENCODER, "train": {**ENCODER["train"], **train}}
+    encoder_config = {"model": config["model"], "data": config["data"], "encoder": encoder}
     train_encoder(encoder_config, out, generator=generator, tensors=synthetic_tensors(32, 8, 3, seed=0))
     return out
 
@@ -100,3 +101,43 @@ def test_cli_names_the_missing_run(tmp_path, capsys):
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_an_encoder_exported_for_mr_is_used_for_mr_studies_only(gan_run, tmp_path):
+    from medsemgan.inference.inferer import TTOInferer
+    from medsemgan.inference.model import SegmentationModel
+    from medsemgan.inference.tto import TTOOptions
+
+    config, run = gan_run
+    bundle = tmp_path / "bundle"
+    models = bundle / "models"
+    generator = export_generator(run, models, dtype="fp32")
+    ct_run = _encoder_run(config, generator, tmp_path / "enc_ct")
+    mr_run = _encoder_run(config, generator, tmp_path / "enc_mr", seed=1, modality_augment={"p": 1.0})
+    export_encoder(ct_run, models, dtype="fp32")
+    with pytest.raises(InputError, match="--modality"):
+        export_encoder(mr_run, models, modality="PET")
+    out = export_encoder(mr_run, models, dtype="fp32", modality="mr")
+    assert out.name == "encoder_mr.pt"
+    record = json.loads((models / PROVENANCE_NAME).read_text())
+    assert "for MR studies" in record["encoder_mr.pt"]["what"]
+    assert record["encoder_mr.pt"]["modality_augment"] == {"p": 1.0}
+
+    model_config = {"model": config["model"], "encoder": {k: v for k, v in ENCODER.items() if k != "train"}}
+    model = SegmentationModel.from_bundle(bundle, model_config)
+    assert set(model.modality_encoders) == {"MR"}
+    assert model.encoder_for("MR") is model.modality_encoders["MR"]
+    assert model.encoder_for("CT") is model.encoder and model.encoder_for(None) is model.encoder
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert not torch.allclose(model.encoder_for("MR")(x), model.encoder(x))  # two different encoders
+    inferer = TTOInferer(TTOOptions(steps=0), batch_size=4)
+    volume = x.permute(1, 2, 3, 0)[None]  # [1, 1, S, S, 2]
+    ct, mr = inferer(volume, model, modality="CT"), inferer(volume, model, modality="MR")
+    with torch.no_grad():
+        _, expected_mr = model.generator.synthesis(model.encoder_for("MR")(x), noise_mode="const")
+    torch.testing.assert_close(mr[0].permute(3, 0, 1, 2), expected_mr, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ct, mr)
+
+    saved = model.save(tmp_path / "copy")
+    assert [p.name for p in saved] == ["generator.pt", "encoder.pt", "encoder_mr.pt"]

@@ -371,3 +371,38 @@ def test_reconstruction_error_in_csv_cache_and_report_with_the_shipped_bundle(wo
     assert {(r["method"], r["cached"]) for r in again} == {("enc", "False"), ("unet", "True")}
     assert all(r["recon_mse_mean"] != "" for r in again if r["method"] == "enc")
     assert all("ood" in json.loads(p.read_text()) for p in gan_cache)
+
+
+def test_a_per_modality_encoder_keys_only_its_own_cases(tmp_path):
+    """Replacing the MR encoder invalidates the MR cases' cache, not the CT cases' (and the reverse)."""
+    import os
+
+    from medsemgan.evaluation.report_methods import make_runner
+
+    for name in ("gen.pt", "enc.pt", "enc_mr.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    raw = {"test_sets": [{"key": "ct", "title": "t", "modality": "CT", "cases": [
+               {"name": "a", "image": str(tmp_path / "gen.pt"), "label": str(tmp_path / "gen.pt")}]}],
+           "budgets": [{"key": "all", "title": "all"}],
+           "methods": [{"key": "gan", "kind": "semanticgan", "weights": {"all": {
+               "generator": str(tmp_path / "gen.pt"), "encoder": str(tmp_path / "enc.pt"),
+               "encoder_mr": str(tmp_path / "enc_mr.pt"), "config": "cpu128"}}}]}
+    method = parse_config(raw, "test").methods[0]
+    assert method.weights["all"]["encoder_mr"] == tmp_path / "enc_mr.pt"
+    before = make_runner(method, "all", tmp_path, "cpu")
+    ct, mr = before.fingerprint_for("CT"), before.fingerprint_for("MR")
+    assert ct != mr
+
+    def touch(name, size):
+        (tmp_path / name).write_bytes(b"y" * size)
+        os.utime(tmp_path / name, (1e9 + size, 1e9 + size))
+
+    touch("enc_mr.pt", 3)
+    after = make_runner(method, "all", tmp_path, "cpu")
+    assert after.fingerprint_for("CT") == ct and after.fingerprint_for("MR") != mr
+    touch("enc.pt", 4)
+    again = make_runner(method, "all", tmp_path, "cpu")
+    assert again.fingerprint_for("CT") != ct and again.fingerprint_for("MR") == after.fingerprint_for("MR")
+    raw["methods"][0]["weights"]["all"]["encoder_pet"] = "x.pt"
+    with pytest.raises(InputError, match="unknown weight keys"):
+        parse_config(raw, "test")

@@ -95,10 +95,16 @@ def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file,
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--modality-augment", "0.5"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["finished"] and summary["images_seen"] >= 16
     assert (out / "encoder.pt").is_file() and (out / "checkpoint.pt").is_file()
+    # --modality-augment sets p and keeps the file's other modality_augment keys (defaults here)
+    recorded = json.loads((out / "config.json").read_text())["encoder"]["train"]["modality_augment"]
+    assert recorded == {"p": 0.5}
+    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+                 "--out", str(tmp_path / "bad"), "--modality-augment", "1.5"]) == 2
+    assert "--modality-augment" in capsys.readouterr().err
 
 
 def test_modality_augment_changes_the_encoder_inputs_not_the_targets(tmp_path, generator_file, tensors, monkeypatch):
