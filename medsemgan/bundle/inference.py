@@ -84,10 +84,16 @@ def make_inferer(network, steps: int | None = None, encoder_only: bool = False,
                       progress=as_bool(progress, "progress"), modality_options=options.modality_tto_options(cfg))
 
 
-def ood_threshold(network) -> float:
-    from medsemgan.inference.segment import DEFAULT_OOD_MSE
+def ood_signal(network) -> str:
+    from medsemgan.inference.ood import ood_setting
 
-    return float(network.config.inference.get("ood_mse_threshold", DEFAULT_OOD_MSE))
+    return ood_setting(network.config.inference)[0]
+
+
+def ood_threshold(network) -> float:
+    from medsemgan.inference.ood import ood_setting
+
+    return ood_setting(network.config.inference)[1]
 
 
 def resolution(network) -> int:

@@ -146,14 +146,17 @@ class SaveMaskd(MapTransform):
 
     def __init__(self, keys="pred", output_dir: str | os.PathLike = "output", threshold: float = 0.5,
                  output_postfix: str = "", case_key: str = "case", inferer: Any = None,
-                 ood_mse_threshold: float | None = None, allow_missing_keys: bool = False) -> None:
+                 ood_signal: str | None = None, ood_threshold: float | None = None,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
         self.output_postfix = output_postfix
         self.case_key = case_key
         self.inferer = inferer
-        self.ood_mse_threshold = ood_mse_threshold
+        # The out-of-domain verdict is written when both are given (medsemgan.inference.ood).
+        self.ood_signal = ood_signal
+        self.ood_threshold = ood_threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         from medsemgan.inference.writers import write_json, write_mask
@@ -186,16 +189,18 @@ class SaveMaskd(MapTransform):
                                   "shape": [int(n) for n in mask.shape[1:]],
                                   "liver_voxels": int(mask.sum())}
         if "recon_mse" in extras and extras["recon_mse"].shape[0] == 1:
-            recon = extras["recon_mse"][0].cpu()
-            record["mean_recon_mse"] = float(recon.mean())
-            record["recon_mse"] = [round(float(v), 6) for v in recon]
-            record["steps_run"] = extras["steps_run"][0].cpu().tolist()
-            if self.ood_mse_threshold is not None:
-                record["out_of_domain"] = record["mean_recon_mse"] > float(self.ood_mse_threshold)
+            from medsemgan.inference.ood import ood_message, ood_verdict
+
+            per_slice = {k: v[0].cpu() for k, v in extras.items()}
+            for name in ("recon_mse", "structure_error"):
+                if name in per_slice:
+                    record[f"mean_{name}"] = float(per_slice[name].mean())
+                    record[name] = [round(float(v), 6) for v in per_slice[name]]
+            record["steps_run"] = per_slice["steps_run"].tolist()
+            if self.ood_signal is not None and self.ood_threshold is not None:
+                record.update(ood_verdict(per_slice, self.ood_signal, float(self.ood_threshold)))
                 if record["out_of_domain"]:
-                    log.warning("%s: the generator explains this study poorly (mean reconstruction MSE "
-                                "%.4f > %.4f): treat the mask as out-of-domain", case,
-                                record["mean_recon_mse"], self.ood_mse_threshold)
+                    log.warning(ood_message(case, record))
         write_json(record, self.output_dir / f"{case}{self.output_postfix}.json")
 
 

@@ -8,8 +8,9 @@ and an out-of-domain MRI test set: segment the case, score it with
 * ``report.md``: the paper-style table (Dice mean ± std per method x budget x test set), details,
   per-case Dice, the figures, what was not available and what failed;
 * ``per_case.csv``: one row per (test set, case, method, budget) with every metric and, for
-  SemanticGAN rows, the out-of-domain signal (reconstruction MSE mean / median / max over the
-  slices, the flag and the threshold ``segment_volume`` used);
+  SemanticGAN rows, the out-of-domain signals (structural error of the encoder's reconstruction
+  and reconstruction MSE: mean / median / max over the slices) and ``segment_volume``'s verdict
+  (signal, score, threshold, flag);
 * ``summary.json``: the table as data;
 * ``figures/dice_<test set>.png``: per-patient Dice bars;
   ``figures/overlay_<test set>_<method>_<budget>.png``: best / median / worst case with the ground
@@ -18,10 +19,11 @@ and an out-of-domain MRI test set: segment the case, score it with
 * ``cache/<method>/<budget>/<test set>/<case>.json``: metrics keyed by a fingerprint of the
   method, its weights (size and time) and the case, so re-running after adding a method only
   computes the new one. SemanticGAN entries written before the out-of-domain signal was recorded
-  (no ``ood`` field) are recomputed once; other kinds' entries never had it and stay valid.
+  (no ``ood`` field, or one without the verdict) are recomputed once; other kinds' entries never
+  had it and stay valid.
 
 ``report.md``'s "Out-of-domain signal" section gives, per SemanticGAN method x budget x test set,
-the reconstruction MSE over the cases and how many were flagged, and suggests a threshold
+each signal over the cases and how many were flagged, and suggests a threshold per signal
 (:func:`suggest_threshold`) that separates the CT cases from the MRI ones when one exists.
 
 A method/budget whose weights do not exist is reported as "not available (missing FILE)"; a case
@@ -68,8 +70,12 @@ log = logging.getLogger(__name__)
 
 METRICS = ("dice", "ravd", "assd", "mssd", "hd95", "slice_dice_mean", "volume_pred_ml", "volume_gt_ml")
 # report_methods.ood_signal's fields in the CSV (empty for methods without the signal)
-OOD_COLUMNS = ("recon_mse_mean", "recon_mse_median", "recon_mse_max", "objective_mean", "out_of_domain",
-               "ood_mse_threshold")
+OOD_COLUMNS = ("recon_mse_mean", "recon_mse_median", "recon_mse_max", "structure_error_mean",
+               "structure_error_median", "structure_error_max", "objective_mean", "ood_signal", "ood_score",
+               "ood_threshold", "out_of_domain")
+# The signals the "Out-of-domain signal" section compares (medsemgan.inference.ood): CSV column, title.
+OOD_SIGNAL_COLUMNS = {"structure": ("structure_error_mean", "structural error (encoder's w+)"),
+                      "mse": ("recon_mse_mean", "recon MSE (returned w+)")}
 CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
                *OOD_COLUMNS, "seconds", "cached", "prediction", "error")
 IN_DOMAIN, OUT_OF_DOMAIN = "CT", "MR"  # the generator is trained on CT
@@ -108,7 +114,7 @@ def _read_cache(path: Path, key: str, needs_ood: bool = False) -> dict | None:
         return None
     if cached.get("key") != key or not Path(cached.get("prediction", "")).is_file():
         return None
-    if needs_ood and not isinstance(cached.get("ood"), dict):
+    if needs_ood and not (isinstance(cached.get("ood"), dict) and "ood_signal" in cached["ood"]):
         return None
     return cached
 
@@ -180,7 +186,8 @@ def _row(job: Job, status: str, result: dict | None, error: str = "", cached: bo
         row["seconds"] = round(float(result["seconds"]), 2)
         row["prediction"] = result["prediction"]
         signal = result.get("ood") or {}
-        row.update({c: _from_json_float(signal.get(c)) for c in OOD_COLUMNS})
+        row.update({c: signal.get(c) if c == "ood_signal" else _from_json_float(signal.get(c))
+                    for c in OOD_COLUMNS})
     return row
 
 
@@ -288,15 +295,19 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
 
 
 def _ood_cell(ok_rows: list[dict]) -> dict:
-    measured = [r for r in ok_rows if r.get("recon_mse_mean") is not None]
-    return {"cases": len(measured), "recon_mse": _stats([r["recon_mse_mean"] for r in measured]),
+    measured = [r for r in ok_rows if r.get("ood_score") is not None]
+    cell = {"cases": len(measured),
             "objective": _stats([r["objective_mean"] for r in measured if r.get("objective_mean") is not None]),
             "flagged": sum(bool(r["out_of_domain"]) for r in measured),
-            "thresholds": sorted({r["ood_mse_threshold"] for r in measured if r.get("ood_mse_threshold") is not None})}
+            "signals": sorted({r["ood_signal"] for r in measured if r.get("ood_signal")}),
+            "thresholds": sorted({r["ood_threshold"] for r in measured if r.get("ood_threshold") is not None})}
+    for signal, (column, _) in OOD_SIGNAL_COLUMNS.items():
+        cell[signal] = _stats([r[column] for r in measured if r.get(column) is not None])
+    return cell
 
 
 def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dict:
-    """A mean-reconstruction-MSE threshold from measured cases: the midpoint between the largest
+    """A threshold for one out-of-domain signal from measured cases: the midpoint between the largest
     in-domain (CT) and the smallest out-of-domain (MRI) value when every CT case lies below every
     MRI case (``separates`` True); ``separates`` False and no threshold when they overlap (with
     how many cases lie on the wrong side of the other set's extreme); None when a side is empty."""
@@ -317,8 +328,8 @@ def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dic
 
 
 def _ood_suggestions(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict:
-    """``[method][budget]`` -> :func:`suggest_threshold` over every scored case of the CT test
-    sets (in domain) and the MRI ones (out of domain), for the available SemanticGAN rows."""
+    """``[method][budget][signal]`` -> :func:`suggest_threshold` over every scored case of the CT
+    test sets (in domain) and the MRI ones (out of domain), for the available SemanticGAN rows."""
     modality = {ts.key: ts.modality for ts in config.test_sets}
     out: dict = {}
     for method in config.methods:
@@ -328,9 +339,11 @@ def _ood_suggestions(config: ReportConfig, rows: list[dict], unavailable: dict) 
             if (method.key, budget.key) in unavailable:
                 continue
             mine = [r for r in rows if (r["method"], r["budget"]) == (method.key, budget.key) and r["status"] == "ok"]
-            values = {side: [r["recon_mse_mean"] for r in mine if modality[r["test_set"]] == side]
-                      for side in (IN_DOMAIN, OUT_OF_DOMAIN)}
-            out.setdefault(method.key, {})[budget.key] = suggest_threshold(values[IN_DOMAIN], values[OUT_OF_DOMAIN])
+            for signal, (column, _) in OOD_SIGNAL_COLUMNS.items():
+                values = {side: [r.get(column) for r in mine if modality[r["test_set"]] == side]
+                          for side in (IN_DOMAIN, OUT_OF_DOMAIN)}
+                out.setdefault(method.key, {}).setdefault(budget.key, {})[signal] = suggest_threshold(
+                    values[IN_DOMAIN], values[OUT_OF_DOMAIN])
     return out
 
 
@@ -338,62 +351,69 @@ def _g(value) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.4g}"
 
 
+def _spread(stats: dict) -> str:
+    if not stats["n"]:
+        return "–"
+    return _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}") + \
+        f" ({_g(stats['min'])}–{_g(stats['max'])})"
+
+
 def _ood_section(config: ReportConfig, summary: dict) -> list[str]:
-    """The "Out-of-domain signal" section: per-case reconstruction error per SemanticGAN
-    method x budget x test set, and the suggested threshold per method x budget."""
+    """The "Out-of-domain signal" section: per SemanticGAN method x budget x test set, each
+    signal's per-case means (mean ± std, range), the flags, and the suggested threshold per signal."""
     gans = [m for m in config.methods if m.kind == "semanticgan"]
     if not gans:
         return []
     cells = summary["cells"]
     lines = ["", "## Out-of-domain signal", "",
              "`medsemgan segment` flags a study as out of domain when the mean over its slices of the "
-             "generator's reconstruction MSE (how well G explains each model-space slice from the "
-             "encoder's W+, after test-time optimisation when the method runs it) exceeds the model configuration's "
-             "`inference.ood_mse_threshold`. Per case: that mean; here its mean ± sample std and "
-             "range over the cases, and how many cases were flagged. \"Objective\": the range of the "
-             "per-case mean inversion objective (structural term + weighted MSE), a second candidate "
-             "signal that also weighs structure.", ""]
+             "configured signal (`inference.ood_signal`, `medsemgan.inference.ood`) exceeds "
+             "`inference.ood_threshold`. *Structural error*: the LNCC loss (contrast-blind) between each "
+             "slice and the generator's image at the encoder's w+, before any optimisation, so the same "
+             "in both modes. *Recon MSE*: the reconstruction MSE at the returned w+ (after test-time "
+             "optimisation when the method runs it). Per case the mean over its slices; here the mean ± "
+             "sample std (min–max) over the cases. \"Objective\": the range of the per-case mean "
+             "inversion objective, for comparison.", ""]
     table = []
     for m, b, ts, cell in _available_cells(config, cells, gans):
         ood = cell["ood"]
-        stats = ood["recon_mse"]
-        spread = "–" if not stats["n"] else (
-            _g(stats["mean"]) + ("" if stats["std"] is None else f" ± {_g(stats['std'])}"))
         objective = ood["objective"]
-        table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]), spread,
-                      f"{_g(stats['min'])}–{_g(stats['max'])}" if stats["n"] else "–",
+        table.append([m.name, b.title, f"{ts.key} ({ts.modality})", str(ood["cases"]),
+                      *(_spread(ood[signal]) for signal in OOD_SIGNAL_COLUMNS),
                       f"{_g(objective['min'])}–{_g(objective['max'])}" if objective["n"] else "–",
                       f"{ood['flagged']}/{ood['cases']}",
-                      ", ".join(_g(t) for t in ood["thresholds"]) or "–"])
+                      ", ".join(ood["signals"]) + " > " + (", ".join(_g(t) for t in ood["thresholds"]) or "–")])
     if not table:
         lines.append("No SemanticGAN method was available.")
         return lines
-    lines += _md_table(["method", "budget", "test set", "cases", "recon MSE mean ± std", "min–max",
-                        "objective min–max", "flagged", "threshold used"], table)
-    lines += ["", "Suggested threshold (CT cases in domain, MRI cases out of domain: the midpoint between "
+    lines += _md_table(["method", "budget", "test set", "cases",
+                        *(title for _, title in OOD_SIGNAL_COLUMNS.values()),
+                        "objective min–max", "flagged", "flagged when"], table)
+    lines += ["", "Suggested thresholds (CT cases in domain, MRI cases out of domain: the midpoint between "
               "the largest CT and the smallest MRI value when they separate):", ""]
     for m in gans:
         for b in config.budgets:
-            s = summary["ood_thresholds"].get(m.key, {}).get(b.key)
-            if s is None:
+            per_signal = summary["ood_thresholds"].get(m.key, {}).get(b.key)
+            if per_signal is None:
                 continue
-            where = f"- {m.name}, {b.title}: "
-            if s["separates"] is None:
-                lines.append(where + f"needs scored CT and MRI cases (have {s['in_domain_n']} CT, "
-                                     f"{s['out_of_domain_n']} MRI).")
-            elif s["separates"]:
-                lines.append(where + f"CT max {_g(s['in_domain_max'])} (n={s['in_domain_n']}) < MRI min "
-                                     f"{_g(s['out_of_domain_min'])} (n={s['out_of_domain_n']}): suggested "
-                                     f"`ood_mse_threshold` {_g(s['threshold'])}.")
-            else:
-                lines.append(where + f"CT and MRI overlap: CT max {_g(s['in_domain_max'])} >= MRI min "
-                                     f"{_g(s['out_of_domain_min'])} ({s['in_domain_above']} of {s['in_domain_n']} "
-                                     f"CT case(s) at or above the MRI minimum, {s['out_of_domain_below']} of "
-                                     f"{s['out_of_domain_n']} MRI case(s) at or below the CT maximum): "
-                                     "no threshold separates them.")
-    lines += ["", "The report changes no configuration: to use a suggestion, set `inference.ood_mse_threshold` "
-              "in the model YAML. A threshold belongs to one generator and one mode (test-time "
-              "optimisation lowers the error the encoder alone leaves)."]
+            for signal, s in per_signal.items():
+                where = f"- {m.name}, {b.title}, `{signal}`: "
+                if s["separates"] is None:
+                    lines.append(where + f"needs scored CT and MRI cases (have {s['in_domain_n']} CT, "
+                                         f"{s['out_of_domain_n']} MRI).")
+                elif s["separates"]:
+                    lines.append(where + f"CT max {_g(s['in_domain_max'])} (n={s['in_domain_n']}) < MRI min "
+                                         f"{_g(s['out_of_domain_min'])} (n={s['out_of_domain_n']}): suggested "
+                                         f"`ood_threshold` {_g(s['threshold'])}.")
+                else:
+                    lines.append(where + f"CT and MRI overlap: CT max {_g(s['in_domain_max'])} >= MRI min "
+                                         f"{_g(s['out_of_domain_min'])} ({s['in_domain_above']} of {s['in_domain_n']} "
+                                         f"CT case(s) at or above the MRI minimum, {s['out_of_domain_below']} of "
+                                         f"{s['out_of_domain_n']} MRI case(s) at or below the CT maximum): "
+                                         "no threshold separates them.")
+    lines += ["", "The report changes no configuration: to use a suggestion, set `inference.ood_signal` and "
+              "`inference.ood_threshold` in the model YAML. A threshold belongs to one generator and encoder "
+              "(and, for `mse`, to one mode: test-time optimisation lowers the error the encoder alone leaves)."]
     return lines
 
 

@@ -79,27 +79,29 @@ class Runner:
         return self._segment(image, modality, case)
 
 
-def ood_signal(extras: dict, threshold: float) -> dict:
-    """The report's summary of ``segment_volume``'s reconstruction extras: mean (the value the
-    out-of-domain flag compares), median and max over the model-space slices, the flag, the
-    threshold it was compared with, and the per-slice values."""
-    per_slice = [float(v) for v in extras.get("recon_mse") or []]
-    return {
-        "recon_mse_mean": float(extras["mean_recon_mse"]),
-        "recon_mse_median": float(np.median(per_slice)) if per_slice else None,
-        "recon_mse_max": float(max(per_slice)) if per_slice else None,
-        # the inversion objective's mean (structural term + weighted MSE): a second candidate signal
-        "objective_mean": None if extras.get("mean_objective") is None else float(extras["mean_objective"]),
-        "out_of_domain": bool(extras["out_of_domain"]),
-        "ood_mse_threshold": float(extras.get("ood_mse_threshold", threshold)),
-        "recon_mse": per_slice,
-    }
+def ood_signal(extras: dict) -> dict:
+    """The report's summary of ``segment_volume``'s out-of-domain extras: per signal
+    (``medsemgan.inference.ood``: ``recon_mse`` after optimisation, ``structure_error`` of the
+    encoder's reconstruction) the mean, median and max over the model-space slices and the
+    per-slice values; the objective's mean; the verdict (signal, score, threshold, flag)."""
+    out: dict = {}
+    for name in ("recon_mse", "structure_error"):
+        per_slice = [float(v) for v in extras.get(name) or []]
+        out[f"{name}_mean"] = float(np.mean(per_slice)) if per_slice else None
+        out[f"{name}_median"] = float(np.median(per_slice)) if per_slice else None
+        out[f"{name}_max"] = float(max(per_slice)) if per_slice else None
+        out[name] = per_slice
+    # the inversion objective's mean (structural term + weighted MSE), for comparison
+    out["objective_mean"] = None if extras.get("mean_objective") is None else float(extras["mean_objective"])
+    out.update(ood_signal=extras["ood_signal"], ood_score=float(extras["ood_score"]),
+               ood_threshold=float(extras["ood_threshold"]), out_of_domain=bool(extras["out_of_domain"]))
+    return out
 
 
 def _semanticgan_loader(method: Method, weights: dict, device: str):
     def load():
         from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
-        from medsemgan.inference.segment import DEFAULT_OOD_MSE, SegmentOptions, segment_volume
+        from medsemgan.inference.segment import SegmentOptions, segment_volume
         from medsemgan.inference.tto import TTOOptions
 
         model = SegmentationModel.from_files(
@@ -115,8 +117,6 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
         unknown = sorted(set(o) - known)
         if unknown:
             raise InputError(None, f"method {method.key}: unknown options {unknown}; known: {sorted(known)}")
-        # The same default segment_volume compares with.
-        threshold = float(model.config.inference.get("ood_mse_threshold", DEFAULT_OOD_MSE))
 
         def segment(image, modality, case):
             options = SegmentOptions(steps=o.get("steps"), encoder_only=bool(o.get("encoder_only", False)),
@@ -125,7 +125,7 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
                                      optimize_noise=o.get("optimize_noise"), modality=modality,
                                      extra_tto={k: v for k, v in o.items() if k in tto_keys})
             mask, extras = segment_volume(image, model, options)
-            return mask, ood_signal(extras, threshold)
+            return mask, ood_signal(extras)
         return segment
     return load
 

@@ -70,13 +70,13 @@ class TTOInferer(Inferer):
         device = next(G.parameters()).device
         modalities = _modalities(inputs, inputs.shape[0], modality)
         volumes = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        outputs, recon, loss, steps = [], [], [], []
+        outputs, recon, structure, loss, steps = [], [], [], [], []
         for b in range(volumes.shape[0]):
             options = self.options_for(modalities[b])
             # A model may carry an encoder per modality (SegmentationModel.encoder_for).
             E = network.encoder_for(modalities[b]) if hasattr(network, "encoder_for") else network.encoder
             slices = volumes[b].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)  # [D,1,S,S]
-            logits_b, recon_b, loss_b, steps_b = [], [], [], []
+            logits_b, recon_b, structure_b, loss_b, steps_b = [], [], [], [], []
             chunks = slices.split(self.batch_size)
             for i, chunk in enumerate(tqdm(chunks, desc="slice batches", leave=False,
                                            disable=not self.progress or len(chunks) < 2)):
@@ -85,14 +85,17 @@ class TTOInferer(Inferer):
                                      f"{i * self.batch_size + chunk.shape[0]}/{slices.shape[0]}")
                 logits_b.append(result.label_logits)
                 recon_b.append(result.recon_mse)
+                structure_b.append(result.structure_error)
                 loss_b.append(result.loss)
                 steps_b.append(result.steps_run)
             outputs.append(torch.cat(logits_b).permute(1, 2, 3, 0))  # [L,S,S,D]
             recon.append(torch.cat(recon_b))
+            structure.append(torch.cat(structure_b))
             loss.append(torch.cat(loss_b))
             steps.append(torch.cat(steps_b))
         logits = torch.stack(outputs)
-        self.last_extras = {"recon_mse": torch.stack(recon), "loss": torch.stack(loss),
+        self.last_extras = {"recon_mse": torch.stack(recon), "structure_error": torch.stack(structure),
+                            "loss": torch.stack(loss),
                             "steps_run": torch.stack(steps)}
         if isinstance(inputs, MetaTensor):
             out = MetaTensor(logits.to(inputs.device))

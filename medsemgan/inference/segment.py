@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from medsemgan.errors import InputError
 from medsemgan.inference.inferer import TTOInferer
 from medsemgan.inference.model import SegmentationModel, resolve_device
+from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict
 from medsemgan.inference.tto import TTOOptions
 from medsemgan.inference.writers import write_json, write_mask, write_probability
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_OOD_MSE = 0.05  # mean reconstruction MSE above which a study is flagged out of domain
 
 
 @dataclass
@@ -185,8 +185,10 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
 
     ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
     ``extras``: ``probability`` (float32 ``MetaTensor`` like ``mask``, when ``save_prob``),
-    ``recon_mse`` / ``objective`` / ``steps_run`` per slice (model-space order: inferior to
-    superior), ``mean_recon_mse``, ``mean_objective``, ``out_of_domain``, ``modality``, ``seconds``.
+    ``recon_mse`` / ``structure_error`` / ``objective`` / ``steps_run`` per slice (model-space
+    order: inferior to superior), their means, the out-of-domain verdict (``ood_signal``,
+    ``ood_score``, ``ood_threshold``, ``out_of_domain``; ``medsemgan.inference.ood``),
+    ``modality``, ``seconds``.
     """
     options = options or SegmentOptions()
     started = time.perf_counter()
@@ -204,10 +206,9 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     prob_volume = MetaTensor(predicted.probability.clamp_(0, 1), affine=image.affine.clone())
     mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
                       affine=image.affine.clone())
-    recon = inferer.last_extras["recon_mse"][0].cpu()
-    objective = inferer.last_extras["loss"][0].cpu()
-    mean_recon = float(recon.mean())
-    threshold = float(cfg.get("ood_mse_threshold", DEFAULT_OOD_MSE))
+    per_slice = {k: v[0].cpu() for k, v in inferer.last_extras.items()}
+    recon, structure, objective = per_slice["recon_mse"], per_slice["structure_error"], per_slice["loss"]
+    verdict = ood_verdict(per_slice, *ood_setting(cfg))
     extras: dict[str, Any] = {
         "modality": predicted.modality,
         "modality_from": predicted.modality_from,
@@ -216,17 +217,18 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "steps": inferer.options_for(predicted.modality).steps,
         "steps_run": inferer.last_extras["steps_run"][0].cpu().tolist(),
         "recon_mse": [round(float(v), 6) for v in recon],
-        "mean_recon_mse": mean_recon,
+        "mean_recon_mse": float(recon.mean()),
+        "structure_error": [round(float(v), 6) for v in structure],
+        "mean_structure_error": float(structure.mean()),
         # the inversion objective (structural term + weighted MSE) at the returned w+, per slice
         "objective": [round(float(v), 6) for v in objective],
         "mean_objective": float(objective.mean()),
-        "out_of_domain": mean_recon > threshold,
+        **verdict,
         "liver_voxels": int(mask.sum()),
         "seconds": time.perf_counter() - started,
     }
     if extras["out_of_domain"]:
-        log.warning("%s: the generator explains this study poorly (mean reconstruction MSE %.4f > "
-                    "%.4f): treat the mask as out-of-domain", path, mean_recon, threshold)
+        log.warning(ood_message(path, verdict))
     if options.save_prob:
         extras["probability"] = prob_volume
     return mask, extras
@@ -368,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
         done.append({"case": case, "input": str(path), "output": str(written),
                      "seconds": round(extras["seconds"], 2), "modality": extras["modality"],
                      "mean_recon_mse": round(extras["mean_recon_mse"], 5),
+                     "mean_structure_error": round(extras["mean_structure_error"], 5),
                      "out_of_domain": extras["out_of_domain"]})
     bar.close()
     json.dump({"segmented": done, "failed": failed, "device": str(device),

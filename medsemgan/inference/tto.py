@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from medsemgan.inference.losses import PERCEPTUAL_LOSSES, mse_per_slice, reconstruction_loss_per_slice
+from medsemgan.inference.losses import (PERCEPTUAL_LOSSES, lncc_loss_per_slice, mse_per_slice,
+                                        reconstruction_loss_per_slice)
 
 NOISE_INITS = ("random", "const")
 
@@ -104,7 +105,10 @@ class TTOResult:
     label_logits: torch.Tensor  # [N, L, S, S]
     image: torch.Tensor  # [N, 1, S, S] the generator's reconstruction
     loss: torch.Tensor  # [N] objective at the returned ws (without the noise penalty)
-    recon_mse: torch.Tensor  # [N] MSE of the reconstruction (out-of-domain indicator)
+    recon_mse: torch.Tensor  # [N] MSE of the reconstruction at the returned ws
+    # [N] LNCC loss of the first reconstruction (the encoder's w+, or ws_init) against the slice:
+    # a contrast-blind out-of-domain signal that does not depend on the objective or on K
+    structure_error: torch.Tensor
     steps_run: torch.Tensor  # [N] optimisation steps each slice took
     history: list[float] = field(default_factory=list)  # summed `loss` per step (diagnostics)
     noise: list[torch.Tensor] | None = None  # optimize_noise: best maps, [N, 1, r, r] per input
@@ -276,6 +280,7 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
     best_penalty = torch.zeros(n, device=device) if noise else None
     best_image: torch.Tensor | None = None
     best_logits: torch.Tensor | None = None
+    structure_error: torch.Tensor | None = None
     since_best = torch.zeros(n, dtype=torch.long, device=device)
     steps_run = torch.zeros(n, dtype=torch.long, device=device)
     active = torch.arange(n, device=device)
@@ -300,6 +305,8 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
 
         if best_image is None:
             best_image = torch.zeros((n, *image.shape[1:]), device=device)
+            with torch.no_grad():
+                structure_error = lncc_loss_per_slice(image.detach(), images)
             best_logits = torch.zeros((n, *logits.shape[1:]), device=device)
         previous = best_loss[active]
         # Any decrease makes a new best; only a decrease by the relative tolerance resets the
@@ -336,5 +343,5 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
 
     recon = mse_per_slice(best_image, images)
     return TTOResult(ws=best_params[0], label_logits=best_logits, image=best_image, loss=best_loss,
-                     recon_mse=recon, steps_run=steps_run, history=history,
+                     recon_mse=recon, structure_error=structure_error, steps_run=steps_run, history=history,
                      noise=best_params[1:] if noise else None, noise_reg=best_penalty)

@@ -50,6 +50,11 @@ def test_every_study_gets_a_mask_in_its_input_geometry(bundle_run, studies_dir):
         record = json.loads((bundle_run / f"{case}.json").read_text())
         assert record["modality"] == "CT" and record["liver_voxels"] == int(mask.sum())
         assert len(record["recon_mse"]) == mask.shape[2]
+        assert len(record["structure_error"]) == mask.shape[2]
+        # the verdict segment_volume gives, from the model configuration's signal and threshold
+        assert record["ood_signal"] == "structure"
+        assert record["ood_score"] == pytest.approx(record["mean_structure_error"])
+        assert record["out_of_domain"] == (record["ood_score"] > record["ood_threshold"])
 
 
 def test_masks_identical_to_medsemgan_segment(bundle_run, tiny_bundle, studies_dir, tmp_path):

@@ -259,10 +259,13 @@ def test_suggest_threshold_overlap_gives_no_threshold_and_counts_the_crossings()
 def _gan_row(test_set: str, case: str, budget: str, mse: float, flagged: bool) -> dict:
     from medsemgan.evaluation.report import METRICS
 
+    structure = 0.5 + 5 * mse if test_set == "mri" else 0.5 + mse  # separates CT from MRI at both budgets
     row = {"test_set": test_set, "case": case, "modality": "CT" if test_set == "ct" else "MR", "method": "gan",
            "method_name": "SemanticGAN (TTO)", "budget": budget, "status": "ok", "seconds": 1.0, "cached": False,
            "prediction": "", "error": "", "recon_mse_mean": mse, "recon_mse_median": mse, "recon_mse_max": mse,
-           "objective_mean": 10 * mse, "out_of_domain": flagged, "ood_mse_threshold": 0.05}
+           "structure_error_mean": structure, "structure_error_median": structure, "structure_error_max": structure,
+           "objective_mean": 10 * mse, "ood_signal": "mse", "ood_score": mse, "ood_threshold": 0.05,
+           "out_of_domain": flagged}
     row.update({m: 0.5 for m in METRICS})
     return row
 
@@ -286,14 +289,17 @@ def test_ood_section_counts_and_suggestions_from_hand_made_rows(workspace):
     section = text.split("## Out-of-domain signal", 1)[1].split("\n## ", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("| SemanticGAN")]
     assert table == [
-        "| SemanticGAN (TTO) | all slices | ct (CT) | 2 | 0.015 ± 0.007071 | 0.01–0.02 | 0.1–0.2 | 0/2 | 0.05 |",
-        "| SemanticGAN (TTO) | all slices | mri (MR) | 2 | 0.065 ± 0.03536 | 0.04–0.09 | 0.4–0.9 | 1/2 | 0.05 |",
-        "| SemanticGAN (TTO) | 8 slices | ct (CT) | 2 | 0.045 ± 0.03536 | 0.02–0.07 | 0.2–0.7 | 1/2 | 0.05 |",
-        "| SemanticGAN (TTO) | 8 slices | mri (MR) | 2 | 0.07 ± 0.01414 | 0.06–0.08 | 0.6–0.8 | 2/2 | 0.05 |",
+        "| SemanticGAN (TTO) | all slices | ct (CT) | 2 | 0.515 ± 0.007071 (0.51–0.52) | 0.015 ± 0.007071 (0.01–0.02) | 0.1–0.2 | 0/2 | mse > 0.05 |",
+        "| SemanticGAN (TTO) | all slices | mri (MR) | 2 | 0.825 ± 0.1768 (0.7–0.95) | 0.065 ± 0.03536 (0.04–0.09) | 0.4–0.9 | 1/2 | mse > 0.05 |",
+        "| SemanticGAN (TTO) | 8 slices | ct (CT) | 2 | 0.545 ± 0.03536 (0.52–0.57) | 0.045 ± 0.03536 (0.02–0.07) | 0.2–0.7 | 1/2 | mse > 0.05 |",
+        "| SemanticGAN (TTO) | 8 slices | mri (MR) | 2 | 0.85 ± 0.07071 (0.8–0.9) | 0.07 ± 0.01414 (0.06–0.08) | 0.6–0.8 | 2/2 | mse > 0.05 |",
     ]
-    assert ("- SemanticGAN (TTO), all slices: CT max 0.02 (n=2) < MRI min 0.04 (n=2): "
-            "suggested `ood_mse_threshold` 0.03.") in section
-    assert "- SemanticGAN (TTO), 8 slices: CT and MRI overlap: CT max 0.07 >= MRI min 0.06" in section
+    assert ("- SemanticGAN (TTO), all slices, `mse`: CT max 0.02 (n=2) < MRI min 0.04 (n=2): "
+            "suggested `ood_threshold` 0.03.") in section
+    assert "- SemanticGAN (TTO), 8 slices, `mse`: CT and MRI overlap: CT max 0.07 >= MRI min 0.06" in section
+    # the structural signal separates where the MSE does not
+    assert ("- SemanticGAN (TTO), 8 slices, `structure`: CT max 0.57 (n=2) < MRI min 0.8 (n=2): "
+            "suggested `ood_threshold` 0.685.") in section
     assert "1 of 2 CT case(s) at or above the MRI minimum, 1 of 2 MRI case(s) at or below the CT maximum" in section
     assert "Reference masks" not in section  # only SemanticGAN methods carry the signal
 
@@ -322,7 +328,8 @@ def test_reconstruction_error_in_csv_cache_and_report_with_the_shipped_bundle(wo
     models = DEFAULT_BUNDLE_DIR / "models"
     if not (models / "generator.pt").is_file():
         pytest.fail(f"{models / 'generator.pt'} is missing: the bundle ships its weights")
-    threshold = yaml.safe_load((DEFAULT_BUNDLE_DIR / "configs" / "model.yaml").read_text())["inference"]["ood_mse_threshold"]
+    inference = yaml.safe_load((DEFAULT_BUNDLE_DIR / "configs" / "model.yaml").read_text())["inference"]
+    signal, threshold = inference["ood_signal"], inference["ood_threshold"]
     raw = raw_config(workspace)
     raw["overlays"] = False
     raw["budgets"] = [{"key": "all", "title": "all slices"}]
@@ -343,15 +350,19 @@ def test_reconstruction_error_in_csv_cache_and_report_with_the_shipped_bundle(wo
         if r["method"] == "unet":
             assert all(r[c] == "" for c in OOD_COLUMNS), r
             continue
-        mean, median, peak = (float(r[c]) for c in ("recon_mse_mean", "recon_mse_median", "recon_mse_max"))
-        assert 0 < median <= peak + 1e-6 and 0 < mean <= peak + 1e-6
-        assert float(r["ood_mse_threshold"]) == pytest.approx(threshold)
-        assert r["out_of_domain"] == str(mean > threshold)
+        for name in ("recon_mse", "structure_error"):
+            mean, median, peak = (float(r[f"{name}_{c}"]) for c in ("mean", "median", "max"))
+            assert 0 < median <= peak + 1e-6 and 0 < mean <= peak + 1e-6
+        assert r["ood_signal"] == signal == "structure"
+        assert float(r["ood_score"]) == pytest.approx(float(r["structure_error_mean"]))
+        assert float(r["ood_threshold"]) == pytest.approx(threshold)
+        assert r["out_of_domain"] == str(float(r["ood_score"]) > threshold)
     gan_cache = sorted((out / "cache" / "enc").rglob("*.json"))
     unet_cache = sorted((out / "cache" / "unet").rglob("*.json"))
     assert len(gan_cache) == 2 and len(unet_cache) == 2
     entry = json.loads(gan_cache[0].read_text())
     assert len(entry["ood"]["recon_mse"]) == 6  # one value per model-space slice of the 6-slice phantom
+    assert len(entry["ood"]["structure_error"]) == 6
     assert "ood" not in json.loads(unet_cache[0].read_text())
 
     text = result["report"].read_text()
@@ -360,7 +371,7 @@ def test_reconstruction_error_in_csv_cache_and_report_with_the_shipped_bundle(wo
         flagged = sum(r["out_of_domain"] == "True" for r in rows if r["method"] == "enc" and r["test_set"] == ts)
         line = next(x for x in section.splitlines() if x.startswith(f"| SemanticGAN (encoder only) | all slices | {ts} "))
         assert f"| {flagged}/1 |" in line
-    assert "SemanticGAN (encoder only), all slices: " in section and "U-Net" not in section
+    assert "SemanticGAN (encoder only), all slices, `structure`: " in section and "U-Net" not in section
 
     # an entry written before the signal was recorded: GAN recomputed, U-Net still read from the cache
     for path in gan_cache + unet_cache:

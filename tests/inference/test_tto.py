@@ -135,3 +135,21 @@ def test_optimisation_with_lncc_lowers_its_loss(tiny_models, target_slices):
     start = invert(G, E, target_slices, TTOOptions(steps=0, perceptual="lncc", mse_weight=0.0))
     optimised = invert(G, E, target_slices, TTOOptions(steps=15, lr=0.1, perceptual="lncc", mse_weight=0.0))
     assert optimised.loss.sum() < start.loss.sum()
+
+
+def test_structure_error_is_the_lncc_of_the_first_guess_whatever_the_objective(tiny_models, target_slices):
+    """The out-of-domain signal: same value for K = 0 and K > 0 and for either objective (it is
+    measured at the encoder's w+), and equal to the LNCC loss of G(E(x)) against x."""
+    from medsemgan.inference.losses import lncc_loss_per_slice
+
+    G, E = tiny_models
+    encoder_only = invert(G, E, target_slices, TTOOptions(steps=0))
+    optimised = invert(G, E, target_slices, TTOOptions(steps=6, lr=0.1, perceptual="lncc", mse_weight=0.0))
+    with torch.no_grad():
+        image, _ = G.synthesis(E(target_slices), noise_mode="const")
+    expected = lncc_loss_per_slice(image.float(), target_slices)
+    assert encoder_only.structure_error.shape == (5,)
+    assert torch.allclose(encoder_only.structure_error, expected, atol=1e-5)
+    assert torch.allclose(optimised.structure_error, expected, atol=1e-5)
+    # ... while the reconstruction MSE follows the optimisation
+    assert not torch.allclose(optimised.recon_mse, encoder_only.recon_mse)

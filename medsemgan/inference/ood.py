@@ -1,0 +1,58 @@
+"""The out-of-domain warning: which per-slice signal a study is judged by, and the verdict.
+
+Two signals are measured for every slice (``medsemgan.inference.tto.TTOResult``):
+
+- ``structure``: the LNCC loss (1 - squared local normalised cross-correlation, 3 scales) between
+  the slice and the generator's image at the **encoder's** w+, before any optimisation. It is
+  blind to contrast and its sign, so it asks "can this generator draw this anatomy?" rather than
+  "these grey values?", and it does not depend on the test-time objective or on K, so encoder-only
+  and optimised runs share one threshold.
+- ``mse``: the reconstruction MSE at the returned w+ (after optimisation when K > 0). It mixes
+  contrast with structure and falls as the optimisation fits the slice, so with an objective that
+  ignores grey values (the MR path's LNCC) it no longer measures fit at all.
+
+The model configuration's ``inference`` section chooses: ``ood_signal`` (``structure`` or ``mse``)
+and ``ood_threshold`` (the per-study mean above which the study is flagged). An older
+configuration with only ``ood_mse_threshold`` keeps its meaning (signal ``mse``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+OOD_SIGNALS = ("structure", "mse")
+DEFAULT_OOD_SIGNAL = "structure"
+# Per signal, used when the configuration gives no threshold; calibrated for the shipped cpu128
+# weights (docs/inference.md, "Out-of-domain warning").
+DEFAULT_OOD_THRESHOLDS = {"structure": 0.785, "mse": 0.05}
+# Per-slice extras of TTOInferer.last_extras, per signal.
+SIGNAL_EXTRAS = {"structure": "structure_error", "mse": "recon_mse"}
+
+
+def ood_setting(inference_cfg: Mapping[str, Any]) -> tuple[str, float]:
+    """``(signal, threshold)`` from a model configuration's ``inference`` section."""
+    if "ood_signal" not in inference_cfg and "ood_mse_threshold" in inference_cfg:
+        return "mse", float(inference_cfg["ood_mse_threshold"])
+    signal = str(inference_cfg.get("ood_signal", DEFAULT_OOD_SIGNAL))
+    if signal not in OOD_SIGNALS:
+        raise ValueError(f"inference.ood_signal must be one of {OOD_SIGNALS}, got {signal!r}")
+    threshold = inference_cfg.get("ood_threshold")
+    return signal, float(DEFAULT_OOD_THRESHOLDS[signal] if threshold is None else threshold)
+
+
+def ood_verdict(per_slice: Mapping[str, torch.Tensor], signal: str, threshold: float) -> dict[str, Any]:
+    """The study-level record: ``ood_signal``, ``ood_score`` (mean of the signal's per-slice
+    values), ``ood_threshold`` and ``out_of_domain`` (score above the threshold)."""
+    values = per_slice[SIGNAL_EXTRAS[signal]]
+    score = float(values.float().mean())
+    return {"ood_signal": signal, "ood_score": score, "ood_threshold": float(threshold),
+            "out_of_domain": bool(score > threshold)}
+
+
+def ood_message(where: Any, verdict: Mapping[str, Any]) -> str:
+    what = {"structure": "structural error of the encoder's reconstruction",
+            "mse": "reconstruction MSE"}[verdict["ood_signal"]]
+    return (f"{where}: the generator explains this study poorly (mean {what} {verdict['ood_score']:.4f} "
+            f"> {verdict['ood_threshold']:.4f}): treat the mask as out-of-domain")
