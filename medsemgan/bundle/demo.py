@@ -102,6 +102,8 @@ def segment_case(name: str, image, label, modality: str, model, args: argparse.N
     return {"case": name, "what": what, "modality": modality, "shape": extras["shape"],
             "dice": None if score is None else round(score, 4), "seconds": round(seconds, 1),
             "steps": extras["steps"], "mean_recon_mse": round(extras["mean_recon_mse"], 5),
+            "mean_structure_error": round(extras["mean_structure_error"], 5),
+            "ood_signal": extras["ood_signal"], "ood_score": round(extras["ood_score"], 5),
             "out_of_domain": extras["out_of_domain"], "mask": str(mask_path), "overlay": str(png)}
 
 

@@ -427,6 +427,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides encoder.train.device)")
     parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--labeled", default=None, metavar="N|slices:N|volumes:K|all",
+                        help="labeled slices the encoder may see (overrides data.labeled_budget); use the "
+                             "generator's own budget, e.g. --labeled 8 for a `train gan --labeled 8` run")
     parser.add_argument("--modality-augment", type=float, default=None, metavar="P",
                         help="share of inputs remapped like another modality (overrides "
                              "encoder.train.modality_augment.p; 0.7 trains the shipped MR encoder)")
@@ -443,6 +446,9 @@ def run(args) -> int:
         t["device"] = args.device
     if args.data is not None:
         config["data"]["root"] = args.data
+    if getattr(args, "labeled", None) is not None:
+        labeled = args.labeled.strip()
+        config["data"]["labeled_budget"] = int(labeled) if labeled.isdigit() else labeled
     if getattr(args, "modality_augment", None) is not None:
         t["modality_augment"] = {**t["modality_augment"], "p": args.modality_augment}
         try:

@@ -12,7 +12,7 @@ TINY = {
     "model": {"resolution": 32, "generator": {"z_dim": 32, "w_dim": 32, "channel_base": 256,
                                               "channel_max": 32, "mapping_layers": 2}},
     "encoder": {"channels": [8, 16, 16], "fpn_channels": 16, "head_channels": 8},
-    "inference": {"steps": 2, "batch_size": 8},
+    "inference": {"steps": 2, "batch_size": 8, "modality_overrides": {"MR": {"perceptual": "lncc", "mse_weight": 0.0}}},
 }
 
 
@@ -21,8 +21,8 @@ def test_bench_infer_prints_the_timings_and_the_batched_speedup(tmp_path, capsys
     SegmentationModel.build(TINY).save(tmp_path / "bundle")
     (tmp_path / "bundle" / "configs").mkdir()
     (tmp_path / "bundle" / "configs" / "model.yaml").write_text(yaml.safe_dump(TINY))
-    volume = np.full((30, 30, 6), -1000.0, np.float32)
-    volume[4:26, 4:26] = 50.0
+    volume = np.full((30, 30, 6), 0.0, np.float32)  # no air below -500 HU: guessed MR
+    volume[4:26, 4:26] = 300.0
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "mr.nii.gz")
     assert main(["bench", "infer", "--bundle", str(tmp_path / "bundle"), "--mr", str(tmp_path / "mr.nii.gz"),
                  "--skip-ct", "--speedup-slices", "3", "--threads", "1"]) == 0
@@ -32,4 +32,7 @@ def test_bench_infer_prints_the_timings_and_the_batched_speedup(tmp_path, capsys
     assert result["mr_seconds_optimized"] > 0 and result["mr_seconds_encoder_only"] > 0
     assert result["batched_vs_serial"]["slices"] == 3 and result["speedup"] > 0
     assert result["batched_vs_serial"]["masks_identical"] is True
+    # the comparison runs the MR path segment uses (its modality_overrides), not the shared options
+    assert result["batched_vs_serial"]["modality"] == "MR"
+    assert result["batched_vs_serial"]["perceptual"] == "lncc"
     assert result["peak_rss_mib"] > 0 and "ct_seconds_optimized" not in result

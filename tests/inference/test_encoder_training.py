@@ -107,6 +107,34 @@ def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file,
     assert "--modality-augment" in capsys.readouterr().err
 
 
+def test_train_encoder_labeled_sets_the_budget_it_trains_and_records_with(tmp_path, generator_file, monkeypatch, capsys):
+    """A small-budget encoder must see only that budget's labels, like its generator."""
+    import yaml
+
+    import medsemgan.training.run as run_module
+    from medsemgan.cli import main
+
+    seen = []
+    real = run_module.load_training_tensors
+
+    def spy(config, resolution):
+        seen.append(config["data"]["labeled_budget"])
+        return real(config, resolution)
+
+    monkeypatch.setattr(run_module, "load_training_tensors", spy)
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"] = {"source": "synthetic", "synthetic_unlabeled": 16, "synthetic_labeled": 4, "labeled_budget": "all"}
+    cfg["encoder"]["train"].update(kimg=0.008, warmup_kimg=0.004)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run8"
+    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+                 "--out", str(out), "--labeled", "8"]) == 0
+    capsys.readouterr()
+    assert seen == [8]
+    assert json.loads((out / "config.json").read_text())["data"]["labeled_budget"] == 8
+
+
 def test_modality_augment_changes_the_encoder_inputs_not_the_targets(tmp_path, generator_file, tensors, monkeypatch):
     from medsemgan.training import encoder as encoder_module
 
