@@ -83,18 +83,24 @@ def test_unknown_encoder_keys_are_rejected():
         train_encoder(TINY, "/tmp/unused", generator=None)
 
 
-def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file, capsys):
+def _tiny_config_file(folder, kimg: float, **data) -> str:
+    """TINY on synthetic data as a YAML file, for the command-line tests."""
     import yaml
 
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"] = {"source": "synthetic", "synthetic_unlabeled": 16, "synthetic_labeled": 4, **data}
+    cfg["encoder"]["train"].update(kimg=kimg, warmup_kimg=0.004)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file, capsys):
     from medsemgan.cli import main
 
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"] = {"source": "synthetic", "synthetic_unlabeled": 16, "synthetic_labeled": 4}
-    cfg["encoder"]["train"].update(kimg=0.016, warmup_kimg=0.004)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _tiny_config_file(tmp_path, 0.016)
     out = tmp_path / "run"
-    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+    assert main(["train", "encoder", "--config", path, "--generator", str(generator_file),
                  "--out", str(out), "--modality-augment", "0.5"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["finished"] and summary["images_seen"] >= 16
@@ -102,15 +108,13 @@ def test_train_encoder_command_runs_from_a_config_file(tmp_path, generator_file,
     # --modality-augment sets p and keeps the file's other modality_augment keys (defaults here)
     recorded = json.loads((out / "config.json").read_text())["encoder"]["train"]["modality_augment"]
     assert recorded == {"p": 0.5}
-    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+    assert main(["train", "encoder", "--config", path, "--generator", str(generator_file),
                  "--out", str(tmp_path / "bad"), "--modality-augment", "1.5"]) == 2
     assert "--modality-augment" in capsys.readouterr().err
 
 
 def test_train_encoder_labeled_sets_the_budget_it_trains_and_records_with(tmp_path, generator_file, monkeypatch, capsys):
     """A small-budget encoder must see only that budget's labels, like its generator."""
-    import yaml
-
     import medsemgan.training.run as run_module
     from medsemgan.cli import main
 
@@ -122,13 +126,9 @@ def test_train_encoder_labeled_sets_the_budget_it_trains_and_records_with(tmp_pa
         return real(config, resolution)
 
     monkeypatch.setattr(run_module, "load_training_tensors", spy)
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"] = {"source": "synthetic", "synthetic_unlabeled": 16, "synthetic_labeled": 4, "labeled_budget": "all"}
-    cfg["encoder"]["train"].update(kimg=0.008, warmup_kimg=0.004)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _tiny_config_file(tmp_path, 0.008, labeled_budget="all")
     out = tmp_path / "run8"
-    assert main(["train", "encoder", "--config", str(path), "--generator", str(generator_file),
+    assert main(["train", "encoder", "--config", path, "--generator", str(generator_file),
                  "--out", str(out), "--labeled", "8"]) == 0
     capsys.readouterr()
     assert seen == [8]
