@@ -161,3 +161,26 @@ def test_filter_gradient_uses_reference(cpu_ext, gen):
 def test_too_small_input_is_a_value_error(cpu_ext):
     with pytest.raises(ValueError, match="smaller than the filter"):
         upfirdn2d(torch.randn(1, 1, 2, 2), torch.ones(4, 4), impl="fused")
+
+
+def test_default_cpu_backend_follows_the_dtype(cpu_ext, monkeypatch):
+    """impl=None on the CPU: the compiled loop for float32, the convolutions for bfloat16
+    (faster inside the bf16 training step, `medsemgan bench train`); same values either way."""
+    from medsemgan.ops import upfirdn2d as module
+
+    used = []
+    real = module.ConvBackend.upfirdn2d
+
+    def spy(*args):
+        used.append(args[0].dtype)
+        return real(*args)
+
+    monkeypatch.setattr(module.ConvBackend, "upfirdn2d", staticmethod(spy))
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 3, 8, 8)
+    upsample2d(x, f)
+    assert used == []  # float32: the compiled loop
+    y = upsample2d(x.bfloat16(), f)
+    assert used == [torch.bfloat16]
+    ref = upfirdn2d_reference(x.bfloat16().float(), f, up=2, padding=[2, 1, 2, 1], gain=4)
+    assert rel_err(y.float(), ref) < 2e-2
