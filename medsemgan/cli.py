@@ -14,6 +14,7 @@ import sys
 from medsemgan import __version__
 from medsemgan.cli_registry import add_subcommands, chosen_module
 from medsemgan.errors import InputError
+from medsemgan.runtime import keep_freed_memory
 
 # verb -> (module, one-line help). Add a verb here when its module exists and works.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     module = chosen_module(args, "_module")
+    keep_freed_memory()
     try:
         return int(module.run(args) or 0)
     except InputError as err:

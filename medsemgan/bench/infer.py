@@ -34,8 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: the configuration's)")
     parser.add_argument("--mr", default=None, help=f"MRI volume (default: DATA/{DEFAULT_MR})")
     parser.add_argument("--ct", default=None, help=f"CT volume (default: DATA/{DEFAULT_CT})")
-    parser.add_argument("--speedup-slices", type=int, default=8,
-                        help="slices of the MRI volume for the batched vs one-at-a-time comparison")
+    parser.add_argument("--speedup-slices", type=int, default=None,
+                        help="slices of the MRI volume for the batched vs one-at-a-time comparison "
+                             "(default: the slice batch size, i.e. one full batch)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating batched / one-at-a-time runs in the comparison; each keeps its fastest (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--skip-ct", action="store_true", help="measure the MRI volume only")
@@ -67,11 +70,13 @@ def _volume_seconds(path: Path, model, steps: int, batch_size: int | None) -> di
             "modality": extras["modality"]}
 
 
-def _batched_vs_serial(path: Path, model, steps: int | None, count: int) -> dict:
+def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats: int = 1) -> dict:
     """The same ``count`` slices (the middle of the volume) optimised in one batch, then one at a
     time with identical options (``speedup``: batching alone), then one at a time in float32
     without early stopping (``speedup_vs_reference_loop``: every lever of the batched path).
-    Options and encoder are the ones ``segment`` uses for the volume's modality."""
+    Options and encoder are the ones ``segment`` uses for the volume's modality. With
+    ``repeats`` > 1 the batched and one-at-a-time runs alternate and each keeps its fastest run
+    (wall and CPU time separately), as ``bench train`` does: load on a shared machine hits both."""
     from medsemgan.data.io import load_image
     from medsemgan.data.transforms import preprocess
     from medsemgan.inference.segment import SegmentOptions, resolve_modality
@@ -85,37 +90,46 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int) -> dict
     start = max(0, depth // 2 - count // 2)
     slices = volume.as_tensor()[..., start:start + count].permute(3, 0, 1, 2).contiguous().to(model.device)
     G, E = model.generator, model.encoder_for(modality)
+
+    def timed(run) -> tuple[float, float, object]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = run()
+        return time.perf_counter() - wall, time.process_time() - cpu, out
+
     invert(G, E, slices[:1], options)  # warm-up (allocator, oneDNN primitives)
-    t0, c0 = time.perf_counter(), time.process_time()
-    batched = invert(G, E, slices, options)
-    t1, c1 = time.perf_counter(), time.process_time()
-    serial = [invert(G, E, s[None], options) for s in slices]
-    t2, c2 = time.perf_counter(), time.process_time()
+    runs: dict[str, list[tuple[float, float]]] = {"batched": [], "serial": []}
+    for _ in range(max(1, repeats)):
+        wall, cpu, batched = timed(lambda: invert(G, E, slices, options))
+        runs["batched"].append((wall, cpu))
+        wall, cpu, serial = timed(lambda: [invert(G, E, s[None], options) for s in slices])
+        runs["serial"].append((wall, cpu))
+    best = {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
     # The straightforward port: one slice at a time, float32, every step (no early stopping).
     plain = dataclasses.replace(options, bf16=False, early_stop_patience=0)
     invert(G, E, slices[:1], plain)
-    t3, c3 = time.perf_counter(), time.process_time()
-    for s in slices:
-        invert(G, E, s[None], plain)
-    t4, c4 = time.perf_counter(), time.process_time()
+    plain_wall, plain_cpu, _ = timed(lambda: [invert(G, E, s[None], plain) for s in slices])
     serial_masks = torch.stack([s.label_logits[0] > 0 for s in serial])
     differing = float((serial_masks != (batched.label_logits > 0)).float().mean())
+    (b_wall, b_cpu), (s_wall, s_cpu) = best["batched"], best["serial"]
     return {"slices": int(slices.shape[0]), "steps": options.steps, "modality": modality,
-            "perceptual": options.perceptual,
-            "batched_seconds": round(t1 - t0, 2), "serial_seconds": round(t2 - t1, 2),
-            "batched_cpu_seconds": round(c1 - c0, 2), "serial_cpu_seconds": round(c2 - c1, 2),
-            "speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 2),
-            "speedup_cpu": round((c2 - c1) / max(c1 - c0, 1e-9), 2), "masks_identical": differing == 0.0,
+            "perceptual": options.perceptual, "repeats": max(1, repeats),
+            "batched_seconds": round(b_wall, 2), "serial_seconds": round(s_wall, 2),
+            "batched_cpu_seconds": round(b_cpu, 2), "serial_cpu_seconds": round(s_cpu, 2),
+            "speedup": round(s_wall / max(b_wall, 1e-9), 2),
+            "speedup_cpu": round(s_cpu / max(b_cpu, 1e-9), 2), "masks_identical": differing == 0.0,
             # bf16 kernels round differently for different batch shapes; float32 gives identical masks
             "mask_pixels_differing": round(differing, 6),
-            "reference_loop_seconds": round(t4 - t3, 2), "reference_loop_cpu_seconds": round(c4 - c3, 2),
-            "speedup_vs_reference_loop": round((t4 - t3) / max(t1 - t0, 1e-9), 2)}
+            "runs_seconds": {name: [round(w, 2) for w, _ in r] for name, r in runs.items()},
+            "reference_loop_seconds": round(plain_wall, 2), "reference_loop_cpu_seconds": round(plain_cpu, 2),
+            "speedup_vs_reference_loop": round(plain_wall / max(b_wall, 1e-9), 2)}
 
 
 def run(args: argparse.Namespace) -> dict:
     from medsemgan.inference.model import resolve_device
+    from medsemgan.inference.segment import SegmentOptions
     from medsemgan.inference.tto import TTOOptions
     from medsemgan.paths import data_root
+    from medsemgan.runtime import keep_freed_memory
 
     torch.set_num_threads(max(1, args.threads))
     root = data_root()
@@ -136,11 +150,13 @@ def run(args: argparse.Namespace) -> dict:
         "steps": options.steps,
         "tto": {k: v for k, v in vars(options).items() if k != "seed"},
         "tto_modality_overrides": model.config.inference.get("modality_overrides") or {},
-        "batch_size": args.batch_size or model.config.inference.get("batch_size"),
+        "batch_size": SegmentOptions(batch_size=args.batch_size).slice_batch(model.config.inference),
         "device": str(model.device),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
         "torch": torch.__version__,
+        # medsemgan.runtime: glibc keeps freed activation memory (the medsemgan command sets it)
+        "keep_freed_memory": keep_freed_memory(),
     }
     for key, path in (("mr", mr), ("ct", None if args.skip_ct else ct)):
         if path is None:
@@ -156,7 +172,8 @@ def run(args: argparse.Namespace) -> dict:
         result[f"{key}_cpu_seconds_encoder_only"] = encoder_only["cpu_seconds"]
         result[f"{key}_cpu_seconds_optimized"] = optimised["cpu_seconds"]
         result[f"{key}_steps_run_mean"] = optimised["steps_run_mean"]
-    comparison = _batched_vs_serial(mr, model, args.steps, args.speedup_slices)
+    comparison = _batched_vs_serial(mr, model, args.steps, args.speedup_slices or result["batch_size"],
+                                    args.repeats)
     result["speedup"] = comparison.pop("speedup")
     result["batched_vs_serial"] = comparison
     # ru_maxrss is in KiB on Linux: the process's peak resident memory over the whole run.

@@ -49,7 +49,9 @@ def load_network(bundle_root: str | os.PathLike, model_config: str | None = None
     from medsemgan.inference.segment import load_model
 
     from medsemgan.bundle.options import as_optional_str
+    from medsemgan.runtime import keep_freed_memory
 
+    keep_freed_memory()  # the bundle runs outside the medsemgan command
     args = argparse.Namespace(bundle=os.fspath(bundle_root), config=as_optional_str(model_config),
                               generator=as_optional_str(generator), encoder=as_optional_str(encoder))
     model = load_model(args)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from medsemgan.inference.losses import (PERCEPTUAL_LOSSES, lncc_loss_per_slice, mse_per_slice,
                                         reconstruction_loss_per_slice)
+from medsemgan.models.layers import MODCONV_SETTINGS, ModulatedConv2d
 
 NOISE_INITS = ("random", "const")
 
@@ -64,6 +65,10 @@ class TTOOptions:
     noise_reg_weight: float = 1e5  # multi-scale autocorrelation penalty (the projector's weight)
     noise_init: str = "random"  # 'random': N(0, 1) from seed; 'const': the generator's fixed maps
     bf16: bool = False  # bfloat16 autocast on CPU / CUDA for the generator and encoder
+    # Modulated-conv form while optimising ('batched', 'grouped', 'auto'; None: the generator's
+    # own). Only w+ needs gradients here, and the batched form's backward is one shared-weight
+    # convolution where the grouped form also needs a weight gradient per sample.
+    modconv_form: str | None = "batched"
     seed: int = 0
 
     @classmethod
@@ -97,6 +102,8 @@ class TTOOptions:
             raise ValueError(f"perceptual must be one of {sorted(PERCEPTUAL_LOSSES)}, got {self.perceptual!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
+        if self.modconv_form is not None and self.modconv_form not in MODCONV_SETTINGS:
+            raise ValueError(f"modconv_form must be one of {MODCONV_SETTINGS} or null, got {self.modconv_form!r}")
 
 
 @dataclass
@@ -191,6 +198,20 @@ def _frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def _modconv_form(generator: nn.Module, form: str | None) -> Iterator[None]:
+    """Run every modulated convolution of ``generator`` in ``form``; restore each layer's after."""
+    layers = [m for m in generator.modules() if isinstance(m, ModulatedConv2d)] if form else []
+    saved = [m.form for m in layers]
+    for m in layers:
+        m.form = form
+    try:
+        yield
+    finally:
+        for m, previous in zip(layers, saved):
+            m.form = previous
+
+
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()
@@ -243,6 +264,7 @@ def invert(generator: nn.Module, encoder: nn.Module | None, images: torch.Tensor
         stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
         torch.manual_seed(options.seed)
         stack.enter_context(_frozen(generator, encoder))
+        stack.enter_context(_modconv_form(generator, options.modconv_form))
         stack.enter_context(torch.enable_grad())
         if ws_init is None:
             if encoder is None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsemgan.ops.bias_act import ACTIVATIONS, bias_act
-from medsemgan.ops.upfirdn2d import setup_filter, upfirdn2d
+from medsemgan.ops.upfirdn2d import is_channels_last, setup_filter, upfirdn2d
 
 # The binomial low-pass used for every 2x resampling (StyleGAN2 paper, "blur" [1, 3, 3, 1]).
 DEFAULT_RESAMPLE_FILTER = (1, 3, 3, 1)
@@ -113,6 +113,8 @@ def resample_conv2d(
     w = weight.reshape(groups, out_per_group, in_per_group, kernel_size, kernel_size)
     w = w.transpose(1, 2).reshape(groups * in_per_group, out_per_group, kernel_size, kernel_size)
     w = w.flip([2, 3])
+    if is_channels_last(x):
+        w = w.contiguous(memory_format=torch.channels_last)  # as oneDNN wants it for NHWC input
     x = F.conv_transpose2d(x, w, stride=up, groups=groups)
     return upfirdn2d(x, resample_filter, padding=[pad[0], pad[1], pad[0], pad[1]], gain=up * up, impl=impl)
 
@@ -145,6 +147,10 @@ class Conv2dLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter(resample_filter), persistent=False)
         self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
         self.bias_gain = lr_multiplier
+        # Keep NHWC activations NHWC (apply_memory_format switches this on a built model): a
+        # 1-channel input or a 1x1 weight is both layouts at once, and the convolution would
+        # then answer in NCHW, costing a layout copy in every following layer.
+        self.channels_last = channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         weight = torch.randn(out_channels, in_channels, kernel_size, kernel_size) / lr_multiplier
         self.weight = nn.Parameter(weight.to(memory_format=memory_format))
@@ -152,7 +158,13 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        x = resample_conv2d(x, w, self.resample_filter, up=self.up, down=self.down)
+        if self.channels_last and self.in_channels == 1 and self.kernel_size == 1 and self.up == self.down == 1:
+            # From one channel (fromRGB): an outer product written straight into NHWC.
+            x = (x.permute(0, 2, 3, 1) * w.reshape(1, 1, 1, -1)).permute(0, 3, 1, 2)
+        else:
+            x = resample_conv2d(x, w, self.resample_filter, up=self.up, down=self.down)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         act_gain = activation_gain(self.activation) * self.gain
         clamp = None if self.conv_clamp is None else self.conv_clamp * self.gain
         b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
@@ -209,8 +221,13 @@ def modulated_conv2d(
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     w = w.to(x.dtype)
     if kernel_size == 1 and up == 1:
-        x = torch.bmm(w.reshape(n, out_channels, in_channels), x.reshape(n, in_channels, h * w_))
-        x = x.reshape(n, out_channels, h, w_)
+        w = w.reshape(n, out_channels, in_channels)
+        if is_channels_last(x):
+            # NHWC is [N, H*W, I] in memory: multiply there, no layout copy either way.
+            pixels = x.permute(0, 2, 3, 1).reshape(n, h * w_, in_channels)
+            x = torch.bmm(pixels, w.transpose(1, 2)).reshape(n, h, w_, out_channels).permute(0, 3, 1, 2)
+        else:
+            x = torch.bmm(w, x.reshape(n, in_channels, h * w_)).reshape(n, out_channels, h, w_)
     else:
         w = w.reshape(n * out_channels, in_channels, kernel_size, kernel_size)
         x = resample_conv2d(x.reshape(1, n * in_channels, h, w_), w, resample_filter, up=up, groups=n, impl=impl)

@@ -116,8 +116,9 @@ def upfirdn2d_reference(
     return x[:, :, ::downy, ::downx]
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+def is_channels_last(x: torch.Tensor) -> bool:
+    """NHWC and not also NCHW (a one-channel or 1x1 tensor is both, and counts as NCHW)."""
+    return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class ConvBackend:
@@ -131,19 +132,25 @@ class ConvBackend:
     def upfirdn2d(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1):
         c = x.shape[1]
         k_h, k_w = k.shape
-        weight = k.to(x.dtype)[None, None].repeat(c, 1, 1, 1)
+        # A channels_last input keeps its layout through every step (pad, strided slice, the
+        # depthwise weight): oneDNN's bf16 kernels are fastest in NHWC, and a layout change here
+        # would cost a copy now and another in the next layer.
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        weight = k.to(x.dtype)[None, None].expand(c, 1, k_h, k_w).contiguous(memory_format=layout)
         if up_x > 1 or up_y > 1:
             # A stride-`up` transposed convolution with flip(k) is the full correlation of the
             # zero-inserted input with k; the padding then becomes a crop (or zero pad) of it.
             y = F.conv_transpose2d(x, weight.flip([2, 3]), stride=(up_y, up_x), groups=c)
             y = F.pad(y, [pad_x0 - (k_w - 1), pad_x1 - k_w + up_x, pad_y0 - (k_h - 1), pad_y1 - k_h + up_y])
             if down_x > 1 or down_y > 1:
-                layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-                y = y[:, :, ::down_y, ::down_x].contiguous(memory_format=layout)
-            return y
+                y = y[:, :, ::down_y, ::down_x]
+            return y.contiguous(memory_format=layout)
         if pad_x0 == pad_x1 >= 0 and pad_y0 == pad_y1 >= 0:
-            return F.conv2d(x, weight, stride=(down_y, down_x), padding=(pad_y0, pad_x0), groups=c)
-        return F.conv2d(F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1]), weight, stride=(down_y, down_x), groups=c)
+            y = F.conv2d(x, weight, stride=(down_y, down_x), padding=(pad_y0, pad_x0), groups=c)
+        else:
+            padded = F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1]).contiguous(memory_format=layout)
+            y = F.conv2d(padded, weight, stride=(down_y, down_x), groups=c)
+        return y.contiguous(memory_format=layout)
 
 
 def correlation_kernel(f: torch.Tensor, flip_filter: bool, gain: float, dtype: torch.dtype) -> torch.Tensor:

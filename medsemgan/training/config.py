@@ -69,7 +69,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "progress": True,
 }
 
-LEVER_KEYS = ("bf16", "channels_last", "fused_ops", "compile", "bf16_regularizers")
+LEVER_KEYS = ("bf16", "channels_last", "channels_last_generator", "fused_ops", "compile", "bf16_regularizers")
 
 
 def levers_from(training: dict) -> dict[str, bool]:
@@ -82,6 +82,7 @@ def levers_from(training: dict) -> dict[str, bool]:
     flags = {
         "bf16": fast,
         "channels_last": fast,
+        "channels_last_generator": fast,
         "fused_ops": fast,
         "compile": False,
         "bf16_regularizers": fast,

@@ -37,7 +37,8 @@ from medsemgan.training.distributed import (
     sync_float_buffers,
 )
 from medsemgan.training.ema import ema_beta, make_ema, update_ema
-from medsemgan.training.levers import apply_memory_format, autocast, memory_format, ops_mode
+from medsemgan.training.levers import (apply_memory_format, autocast, generator_channels_last, memory_format,
+                                       ops_mode)
 from medsemgan.training.sampler import CyclingSampler
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class GanTrainer:
         self.D_joint = D_joint.to(self.device).train()
         for net in (self.G, self.D_image, self.D_joint):
             broadcast_module(net, self.info)
-        # NHWC pays off in the discriminators only (levers.py); G keeps its model setting.
         for net in (self.D_image, self.D_joint):
             apply_memory_format(net, self.levers["channels_last"])
+        if self.levers["channels_last_generator"]:
+            generator_channels_last(self.G)
         self.G_ema = make_ema(self.G)
         self.pl_mean = torch.zeros([], device=self.device)
 

@@ -4,10 +4,14 @@
   GPU). Losses are reduced in float32.
 - ``bf16_regularizers``: also autocast the R1 / path-length passes (double backward in bf16;
   the penalties themselves are reduced in float32). Measured about 10 % of a step on cpu128.
-- ``channels_last``: NHWC memory layout for the discriminators and their inputs. The generator
-  keeps its own setting (``model.generator.channels_last_from``): on cpu128 NHWC made the
-  discriminator phases about 20 % faster but the generator slower (its resampling ops then pay
-  layout copies), measured per phase in CPU seconds.
+- ``channels_last``: NHWC memory layout for the discriminators and their inputs (on cpu128 about
+  20 % off the discriminator phases, measured per phase in CPU seconds).
+- ``channels_last_generator``: NHWC for the generator too, with every modulated convolution in
+  the batched form (the grouped form folds the batch into the channels, which NHWC cannot keep
+  without copies). Pays off since the resampling and 1x1 head paths keep NHWC end to end
+  (medsemgan.ops.upfirdn2d.ConvBackend, layers.modulated_conv2d); before that, NHWC made the
+  generator slower. CPU measurement in docs/benchmarks.md ("train"); the CUDA upfirdn2d kernel
+  works in NCHW, so paper256 (the GPU configuration) turns it off.
 - ``fused_ops``: the compiled bias_act / upfirdn2d (medsemgan.ops); off forces
   ``MEDSEMGAN_OPS=reference`` for the duration of a step.
 - ``compile``: torch.compile; see docs/training.md for why it stays off.
@@ -48,6 +52,15 @@ def autocast(device: torch.device, enabled: bool):
 
 def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def generator_channels_last(generator: torch.nn.Module) -> torch.nn.Module:
+    """The ``channels_last_generator`` lever: NHWC weights and activations, batched modconv form."""
+    from medsemgan.models.layers import set_modconv_form
+
+    apply_memory_format(generator, True)
+    set_modconv_form(generator, "batched")
+    return generator
 
 
 def apply_memory_format(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:

@@ -36,3 +36,25 @@ def test_bench_infer_prints_the_timings_and_the_batched_speedup(tmp_path, capsys
     assert result["batched_vs_serial"]["modality"] == "MR"
     assert result["batched_vs_serial"]["perceptual"] == "lncc"
     assert result["peak_rss_mib"] > 0 and "ct_seconds_optimized" not in result
+
+
+def test_bench_infer_compares_one_full_batch_and_keeps_the_fastest_of_alternating_runs(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = {**TINY, "inference": {**TINY["inference"], "batch_size": 4}}
+    SegmentationModel.build(config).save(tmp_path / "bundle")
+    (tmp_path / "bundle" / "configs").mkdir()
+    (tmp_path / "bundle" / "configs" / "model.yaml").write_text(yaml.safe_dump(config))
+    volume = np.full((30, 30, 6), 0.0, np.float32)
+    volume[4:26, 4:26] = 300.0
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "mr.nii.gz")
+    assert main(["bench", "infer", "--bundle", str(tmp_path / "bundle"), "--mr", str(tmp_path / "mr.nii.gz"),
+                 "--skip-ct", "--repeats", "2", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    comparison = result["batched_vs_serial"]
+    assert result["batch_size"] == 4 and comparison["slices"] == 4  # one full slice batch
+    assert comparison["repeats"] == 2
+    for name in ("batched", "serial"):
+        runs = comparison["runs_seconds"][name]
+        assert len(runs) == 2 and comparison[f"{name}_seconds"] == min(runs)
+    assert result["tto"]["modconv_form"] == "batched"
+    assert isinstance(result["keep_freed_memory"], bool)

@@ -153,3 +153,56 @@ def test_structure_error_is_the_lncc_of_the_first_guess_whatever_the_objective(t
     assert torch.allclose(optimised.structure_error, expected, atol=1e-5)
     # ... while the reconstruction MSE follows the optimisation
     assert not torch.allclose(optimised.recon_mse, encoder_only.recon_mse)
+
+
+def _real_generator(form: str):
+    from medsemgan.models.build import build_generator
+    from medsemgan.models.config import model_config_from_dict
+
+    config = model_config_from_dict({
+        "resolution": 32, "num_labels": 1,
+        "generator": {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 256,
+                      "channel_max": 16, "modconv_form": form},
+        "image_discriminator": {"channel_base": 256, "channel_max": 16},
+        "joint_discriminator": {"num_scales": 2, "base_channels": 4, "n_layers": 2, "channel_max": 8},
+    })
+    torch.manual_seed(0)
+    return build_generator(config).eval()
+
+
+def _layer_forms(G) -> list[str]:
+    from medsemgan.models.layers import ModulatedConv2d
+
+    return [m.form for m in G.modules() if isinstance(m, ModulatedConv2d)]
+
+
+@pytest.mark.parametrize("form", ["grouped", "auto", None])
+def test_optimisation_form_changes_speed_not_result_and_is_restored(form):
+    """``modconv_form`` is a speed setting: every form inverts to the same w+ and mask (float32),
+    and the generator's own form is back after the call."""
+    G = _real_generator("grouped")
+    with torch.no_grad():
+        targets, _ = G.synthesis(G.mapping(torch.randn(3, G.z_dim)), noise_mode="const")
+        ws_init = G.mapping(torch.randn(3, G.z_dim))
+    before = _layer_forms(G)
+    reference = invert(G, None, targets, TTOOptions(steps=5, lr=0.05, perceptual="lncc", modconv_form="batched"), ws_init=ws_init)
+    assert _layer_forms(G) == before
+    other = invert(G, None, targets, TTOOptions(steps=5, lr=0.05, perceptual="lncc", modconv_form=form), ws_init=ws_init)
+    assert _layer_forms(G) == before
+    torch.testing.assert_close(other.ws, reference.ws, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(other.label_logits, reference.label_logits, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(reference.ws, ws_init)  # it did optimise
+
+
+def test_optimisation_form_is_restored_after_an_error():
+    G = _real_generator("auto")
+    ws = torch.zeros(2, G.num_ws + 1, G.w_dim)  # wrong number of latents: synthesis raises
+    with pytest.raises(ValueError, match="ws must be"):
+        invert(G, None, torch.zeros(2, 1, 32, 32), TTOOptions(steps=2, modconv_form="batched"), ws_init=ws)
+    assert set(_layer_forms(G)) == {"auto"}
+
+
+def test_unknown_optimisation_form_is_refused():
+    with pytest.raises(ValueError, match="modconv_form"):
+        TTOOptions(modconv_form="fused").validate()
+    assert TTOOptions.from_config({"modconv_form": None}).modconv_form is None

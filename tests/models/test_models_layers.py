@@ -145,3 +145,28 @@ def test_modulated_conv_gradcheck_and_gradgradcheck(form):
 
     assert torch.autograd.gradcheck(fn, (x, w, s))
     assert torch.autograd.gradgradcheck(fn, (x, w, s))
+
+
+def test_nhwc_paths_keep_the_layout_and_the_values():
+    """The 1x1 heads (per-sample weights as a matrix product) and a one-channel input layer answer
+    an NHWC input in NHWC, with the same values and gradients as the NCHW computation."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 6, 6, dtype=torch.float64)
+    weight = torch.randn(2, 8, 1, 1, dtype=torch.float64)
+    styles = torch.randn(3, 8, dtype=torch.float64)
+    plain = modulated_conv2d(x, weight, styles, demodulate=False, form="grouped")
+    x_cl = x.clone().to(memory_format=torch.channels_last).requires_grad_(True)
+    nhwc = modulated_conv2d(x_cl, weight, styles, demodulate=False, form="grouped")
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+    torch.testing.assert_close(nhwc, plain)
+
+    layer = Conv2dLayer(1, 4, 1, activation="lrelu").double()
+    image = torch.randn(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    reference = layer(image)
+    (g_ref,) = torch.autograd.grad(reference.square().sum(), image)
+    layer.channels_last = True
+    out = layer(image)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, reference)
+    (g,) = torch.autograd.grad(out.square().sum(), image)
+    torch.testing.assert_close(g, g_ref)

@@ -127,3 +127,32 @@ def test_loss_terms_finite_under_bf16(make_trainer):
     for _ in range(2):
         stats = trainer.step()
     assert all(torch.isfinite(v).all() for v in stats.values()), stats
+
+
+def test_generator_channels_last_lever_changes_layout_not_training(make_trainer):
+    """The NHWC generator lever (with the batched modconv form) is a speed setting: from the same
+    start, three float32 iterations (lazy R1 and path length included) give the same networks."""
+    import copy
+
+    from medsemgan.models.layers import ModulatedConv2d
+
+    off = {"fast": False, "levers": {"fused_ops": True}}
+    on = {"fast": False, "levers": {"fused_ops": True, "channels_last": True, "channels_last_generator": True}}
+    plain, nhwc = make_trainer(off), make_trainer(on)
+    nhwc.G.load_state_dict(plain.G.state_dict())
+    nhwc.G_ema.load_state_dict(plain.G_ema.state_dict())
+    nhwc.D_image.load_state_dict(plain.D_image.state_dict())
+    nhwc.D_joint.load_state_dict(plain.D_joint.state_dict())
+    weight = next(m.weight for m in nhwc.G.modules() if isinstance(m, ModulatedConv2d) and m.kernel_size == 3)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert {m.form for m in nhwc.G.modules() if isinstance(m, ModulatedConv2d)} == {"batched"}
+    assert all(b.channels_last for b in nhwc.G.synthesis.blocks)
+    for trainer in (plain, nhwc):
+        torch.manual_seed(5)
+        for _ in range(3):
+            trainer.step()
+    for a, b in ((plain.G, nhwc.G), (plain.D_image, nhwc.D_image), (plain.G_ema, nhwc.G_ema)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(q, p, rtol=2e-3, atol=2e-4, msg=name)
+    moved = copy.deepcopy(plain.G.state_dict())
+    assert any(not torch.equal(v, make_trainer(off).G.state_dict()[k]) for k, v in moved.items())
