@@ -16,6 +16,11 @@ from medsemgan.models.generator import _check_resolution, channels_at
 from medsemgan.models.layers import DEFAULT_RESAMPLE_FILTER, Conv2dLayer, FullyConnected
 
 
+def minibatch_groups(n: int, group_size: int) -> int:
+    """How many minibatch-std groups a batch of ``n`` samples is split into."""
+    return math.ceil(n / min(group_size, n))
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
     """Append ``num_channels`` feature maps holding the standard deviation of features across a group.
 
@@ -27,7 +32,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
     n, c, h, w = x.shape
     if c % num_channels != 0:
         raise ValueError(f"{c} channels cannot be split into {num_channels} std channels")
-    num_groups = math.ceil(n / min(group_size, n))
+    num_groups = minibatch_groups(n, group_size)
     group_of = torch.arange(n, device=x.device) % num_groups
     membership = torch.nn.functional.one_hot(group_of, num_groups).to(x.dtype)  # [N, G]
     counts = membership.sum(dim=0)  # [G]
@@ -121,6 +126,16 @@ class ImageDiscriminator(nn.Module):
         self.epilogue = DiscriminatorEpilogue(
             channels_at(4, channel_base, channel_max), 4, mbstd_group_size, mbstd_channels, conv_clamp
         )
+
+    def pairs_in_one_pass(self, n: int) -> bool:
+        """Whether ``n`` reals and ``n`` fakes, interleaved (real, fake, real, ...), can share one
+        forward pass with the result of two: sample i joins minibatch-std group ``i % groups``,
+        so with twice the groups every group holds only reals or only fakes, the same samples as
+        in the separate passes. Everything else in this network is per sample."""
+        e = self.epilogue
+        if e.mbstd_channels == 0:
+            return True
+        return minibatch_groups(2 * n, e.mbstd_group_size) == 2 * minibatch_groups(n, e.mbstd_group_size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         expected = (self.img_channels, self.resolution, self.resolution)

@@ -69,7 +69,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "progress": True,
 }
 
-LEVER_KEYS = ("bf16", "channels_last", "channels_last_generator", "fused_ops", "compile", "bf16_regularizers")
+LEVER_KEYS = (
+    "bf16", "channels_last", "channels_last_generator", "paired_d_pass", "fused_ops", "compile", "bf16_regularizers",
+)
 
 
 def levers_from(training: dict) -> dict[str, bool]:
@@ -83,6 +85,7 @@ def levers_from(training: dict) -> dict[str, bool]:
         "bf16": fast,
         "channels_last": fast,
         "channels_last_generator": fast,
+        "paired_d_pass": fast,
         "fused_ops": fast,
         "compile": False,
         "bf16_regularizers": fast,

@@ -12,8 +12,12 @@
   (medsemgan.ops.upfirdn2d.ConvBackend, layers.modulated_conv2d); before that, NHWC made the
   generator slower. CPU measurement in docs/benchmarks.md ("train"); the CUDA upfirdn2d kernel
   works in NCHW, so paper256 (the GPU configuration) turns it off.
-- ``fused_ops``: the compiled bias_act / upfirdn2d (medsemgan.ops); off forces
-  ``MEDSEMGAN_OPS=reference`` for the duration of a step.
+- ``paired_d_pass``: the image discriminator step runs reals and fakes as one batch of twice
+  the size, interleaved so that every minibatch-std group holds only reals or only fakes (the
+  same groups as two passes; ``ImageDiscriminator.pairs_in_one_pass`` says when that holds).
+- ``fused_ops``: the compiled bias_act / upfirdn2d (medsemgan.ops) and PyTorch's fused Adam
+  kernel for the three optimisers; off forces ``MEDSEMGAN_OPS=reference`` for the duration of a
+  step and the per-tensor Adam loop.
 - ``compile``: torch.compile; see docs/training.md for why it stays off.
 """
 

@@ -96,3 +96,19 @@ def test_joint_discriminator_gradients_reach_the_mask(tiny_config):
     outputs, features = DJ(img, mask, return_features=True)
     (sum(o.mean() for o in outputs) + sum(f.abs().mean() for fs in features for f in fs)).backward()
     assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_reals_and_fakes_share_a_pass_exactly_when_the_std_groups_stay_pure(tiny_config, n):
+    """Interleaved (real, fake, real, ...) in one batch gives the two separate passes' logits
+    whenever ``pairs_in_one_pass`` says so; where it says no (2 + 2 with groups of 4: one group
+    would mix them), the interleaved pass really differs."""
+    torch.manual_seed(0)
+    D = build_image_discriminator(tiny_config(resolution=16)).double()
+    assert D.epilogue.mbstd_group_size == 4
+    real = torch.randn(n, 1, 16, 16, dtype=torch.float64)
+    fake = torch.randn(n, 1, 16, 16, dtype=torch.float64)
+    both = D(torch.stack([real, fake], dim=1).flatten(0, 1))
+    same = torch.allclose(both[0::2], D(real)) and torch.allclose(both[1::2], D(fake))
+    assert D.pairs_in_one_pass(n) == (n != 2)
+    assert same == D.pairs_in_one_pass(n)

@@ -156,3 +156,25 @@ def test_generator_channels_last_lever_changes_layout_not_training(make_trainer)
             torch.testing.assert_close(q, p, rtol=2e-3, atol=2e-4, msg=name)
     moved = copy.deepcopy(plain.G.state_dict())
     assert any(not torch.equal(v, make_trainer(off).G.state_dict()[k]) for k, v in moved.items())
+
+
+def test_paired_discriminator_pass_gives_the_same_step(make_trainer):
+    """The paired_d_pass lever changes how many D passes run, not the image-D update."""
+    off = {"fast": False, "levers": {"fused_ops": True}}
+    on = {"fast": False, "levers": {"fused_ops": True, "paired_d_pass": True}}
+    plain, paired = make_trainer(off), make_trainer(on)
+    paired.D_image.load_state_dict(plain.D_image.state_dict())
+    real = plain.unlabeled_batch(0)
+    fake = torch.randn_like(real)
+    assert paired.D_image.pairs_in_one_pass(real.shape[0])
+    calls = []
+    paired.D_image.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    stats = []
+    for trainer in (plain, paired):
+        torch.manual_seed(3)
+        stats.append(trainer.d_image_step(real, fake))
+    assert calls == [2 * real.shape[0]]  # one pass over reals and fakes together
+    for key in ("loss/D_image", "scores/image_real", "scores/image_fake"):
+        torch.testing.assert_close(stats[1][key], stats[0][key], rtol=1e-5, atol=1e-6)
+    for p, q in zip(plain.D_image.parameters(), paired.D_image.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
