@@ -189,13 +189,10 @@ class SaveMaskd(MapTransform):
                                   "shape": [int(n) for n in mask.shape[1:]],
                                   "liver_voxels": int(mask.sum())}
         if "recon_mse" in extras and extras["recon_mse"].shape[0] == 1:
-            from medsemgan.inference.ood import ood_message, ood_verdict
+            from medsemgan.inference.ood import ood_message, ood_verdict, signal_record
 
             per_slice = {k: v[0].cpu() for k, v in extras.items()}
-            for name in ("recon_mse", "structure_error"):
-                if name in per_slice:
-                    record[f"mean_{name}"] = float(per_slice[name].mean())
-                    record[name] = [round(float(v), 6) for v in per_slice[name]]
+            record.update(signal_record(per_slice))
             record["steps_run"] = per_slice["steps_run"].tolist()
             if self.ood_signal is not None and self.ood_threshold is not None:
                 record.update(ood_verdict(per_slice, self.ood_signal, float(self.ood_threshold)))

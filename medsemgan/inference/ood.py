@@ -51,6 +51,18 @@ def ood_verdict(per_slice: Mapping[str, torch.Tensor], signal: str, threshold: f
             "out_of_domain": bool(score > threshold)}
 
 
+def signal_record(per_slice: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Both signals for a study's JSON: the per-slice values (6 decimals) and their mean, for
+    every signal present in ``per_slice`` (``recon_mse``, ``structure_error``)."""
+    record: dict[str, Any] = {}
+    for name in SIGNAL_EXTRAS.values():
+        if name in per_slice:
+            values = per_slice[name]
+            record[name] = [round(float(v), 6) for v in values]
+            record[f"mean_{name}"] = float(values.float().mean())
+    return record
+
+
 def ood_message(where: Any, verdict: Mapping[str, Any]) -> str:
     what = {"structure": "structural error of the encoder's reconstruction",
             "mse": "reconstruction MSE"}[verdict["ood_signal"]]

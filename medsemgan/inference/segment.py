@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from medsemgan.errors import InputError
 from medsemgan.inference.inferer import TTOInferer
 from medsemgan.inference.model import SegmentationModel, resolve_device
-from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict
+from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict, signal_record
 from medsemgan.inference.tto import TTOOptions
 from medsemgan.inference.writers import write_json, write_mask, write_probability
 
@@ -207,19 +207,16 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
                       affine=image.affine.clone())
     per_slice = {k: v[0].cpu() for k, v in inferer.last_extras.items()}
-    recon, structure, objective = per_slice["recon_mse"], per_slice["structure_error"], per_slice["loss"]
+    objective = per_slice["loss"]
     verdict = ood_verdict(per_slice, *ood_setting(cfg))
     extras: dict[str, Any] = {
         "modality": predicted.modality,
         "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
-        "slices": int(recon.numel()),
+        "slices": int(objective.numel()),
         "steps": inferer.options_for(predicted.modality).steps,
         "steps_run": inferer.last_extras["steps_run"][0].cpu().tolist(),
-        "recon_mse": [round(float(v), 6) for v in recon],
-        "mean_recon_mse": float(recon.mean()),
-        "structure_error": [round(float(v), 6) for v in structure],
-        "mean_structure_error": float(structure.mean()),
+        **signal_record(per_slice),
         # the inversion objective (structural term + weighted MSE) at the returned w+, per slice
         "objective": [round(float(v), 6) for v in objective],
         "mean_objective": float(objective.mean()),

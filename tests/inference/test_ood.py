@@ -33,3 +33,15 @@ def test_verdict_compares_the_chosen_signals_mean_with_the_threshold():
     low = ood_verdict(per_slice, "mse", 0.05)
     assert low["ood_score"] == pytest.approx(0.02) and low["out_of_domain"] is False
     assert "structural error" in ood_message("a.nii.gz", high) and "a.nii.gz" in ood_message("a.nii.gz", high)
+
+
+def test_signal_record_lists_each_present_signal_with_its_mean():
+    from medsemgan.inference.ood import signal_record
+
+    record = signal_record({"recon_mse": torch.tensor([0.1, 0.3]), "structure_error": torch.tensor([0.5, 0.7]),
+                            "loss": torch.tensor([1.0, 2.0])})
+    assert record["recon_mse"] == [0.1, 0.3] and record["mean_recon_mse"] == pytest.approx(0.2)
+    assert record["structure_error"] == [0.5, 0.7] and record["mean_structure_error"] == pytest.approx(0.6)
+    assert "loss" not in record and "mean_loss" not in record
+    assert signal_record({"structure_error": torch.tensor([0.8])}) == {"structure_error": [0.8],
+                                                                      "mean_structure_error": pytest.approx(0.8)}
