@@ -113,8 +113,6 @@ def resample_conv2d(
     w = weight.reshape(groups, out_per_group, in_per_group, kernel_size, kernel_size)
     w = w.transpose(1, 2).reshape(groups * in_per_group, out_per_group, kernel_size, kernel_size)
     w = w.flip([2, 3])
-    if is_channels_last(x):
-        w = w.contiguous(memory_format=torch.channels_last)  # as oneDNN wants it for NHWC input
     x = F.conv_transpose2d(x, w, stride=up, groups=groups)
     return upfirdn2d(x, resample_filter, padding=[pad[0], pad[1], pad[0], pad[1]], gain=up * up, impl=impl)
 
@@ -158,13 +156,9 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        if self.channels_last and self.in_channels == 1 and self.kernel_size == 1 and self.up == self.down == 1:
-            # From one channel (fromRGB): an outer product written straight into NHWC.
-            x = (x.permute(0, 2, 3, 1) * w.reshape(1, 1, 1, -1)).permute(0, 3, 1, 2)
-        else:
-            x = resample_conv2d(x, w, self.resample_filter, up=self.up, down=self.down)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        x = resample_conv2d(x, w, self.resample_filter, up=self.up, down=self.down)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         act_gain = activation_gain(self.activation) * self.gain
         clamp = None if self.conv_clamp is None else self.conv_clamp * self.gain
         b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
