@@ -70,7 +70,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 LEVER_KEYS = (
-    "bf16", "channels_last", "channels_last_generator", "paired_d_pass", "fused_ops", "compile", "bf16_regularizers",
+    "bf16", "channels_last", "channels_last_generator", "paired_d_pass", "shared_fakes", "fused_ops", "compile",
+    "bf16_regularizers",
 )
 
 
@@ -86,6 +87,7 @@ def levers_from(training: dict) -> dict[str, bool]:
         "channels_last": fast,
         "channels_last_generator": fast,
         "paired_d_pass": fast,
+        "shared_fakes": fast,
         "fused_ops": fast,
         "compile": False,
         "bf16_regularizers": fast,

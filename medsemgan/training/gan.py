@@ -189,6 +189,25 @@ class GanTrainer:
             _, image, logits = self._generate(n)
         return self._mf(image), self._mf(logits)
 
+    def _iteration_fakes(self):
+        """(image, logits) for both discriminator phases, and what the generator phase reuses.
+
+        Without shared_fakes: one no-grad batch for the discriminators; the generator phase draws
+        its own. With it: one batch generated with G's graph serves all three phases (the
+        discriminators see it detached; G does not change before its own phase, so its forward
+        would give the same images for the same latents): one generator forward per iteration
+        instead of two. Unlike the other levers this changes the sampling, not only the speed:
+        the generator phase trains on the latents the discriminators just saw.
+        """
+        n = max(self.unlabeled_bs, self.labeled_bs)
+        if not self.levers["shared_fakes"]:
+            return (*self.discriminator_fakes(n), None)
+        self._phase(self.G)
+        with self._amp():
+            _, image, logits = self._generate(n, update_w_avg=True)
+        generated = (self._mf(image[: self.unlabeled_bs]), self._mf(logits[: self.unlabeled_bs]))
+        return self._mf(image.detach()), self._mf(logits.detach()), generated
+
     def d_image_step(self, real: torch.Tensor, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self._phase(self.D_image)
         if fake is None:
@@ -256,12 +275,18 @@ class GanTrainer:
         self._apply(penalty * (float(self.t["r1_gamma_joint"]) / 2) * interval, self.D_joint, self.opt_D_joint)
         return {"reg/r1_joint": penalty.detach()}
 
-    def generator_terms(self, n: int, labeled_image: torch.Tensor, labeled_mask01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator_terms(self, n: int, labeled_image: torch.Tensor, labeled_mask01: torch.Tensor,
+                        generated: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The generator's loss terms (no backward): image_adv, joint_adv, feature_matching.
 
         The joint D sees ``fake_image.detach()``: its terms reach G only through the label head.
+        ``generated``: (image, logits) already generated with G's graph (the shared_fakes
+        lever); else a new batch of ``n`` is drawn.
         """
-        _, fake_image, fake_logits = self._generate(n, update_w_avg=True)
+        if generated is None:
+            _, fake_image, fake_logits = self._generate(n, update_w_avg=True)
+        else:
+            fake_image, fake_logits = generated
         fake_image, fake_logits = self._mf(fake_image), self._mf(fake_logits)
         image_adv = losses.logistic_g_loss(self.D_image(self._augment(fake_image)[0]))
         fake_pair = self._augment(fake_image.detach(), self.fake_mask_input(fake_logits))
@@ -275,10 +300,11 @@ class GanTrainer:
             "feature_matching": losses.feature_matching_loss(real_feats, fake_feats),
         }
 
-    def g_step(self, labeled_image: torch.Tensor, labeled_mask01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def g_step(self, labeled_image: torch.Tensor, labeled_mask01: torch.Tensor,
+               generated: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         self._phase(self.G)
         with self._amp():
-            terms = self.generator_terms(self.unlabeled_bs, labeled_image, labeled_mask01)
+            terms = self.generator_terms(self.unlabeled_bs, labeled_image, labeled_mask01, generated)
             loss = (
                 terms["image_adv"]
                 + float(self.t["joint_weight"]) * terms["joint_adv"]
@@ -312,7 +338,7 @@ class GanTrainer:
         with ops_mode(self.levers["fused_ops"]):
             real = self.unlabeled_batch(s)
             lab_image, lab_mask = self.labeled_batch(s)
-            fake_image, fake_logits = self.discriminator_fakes(max(self.unlabeled_bs, self.labeled_bs))
+            fake_image, fake_logits, generated = self._iteration_fakes()
             stats.update(self.d_image_step(real, fake_image[: self.unlabeled_bs]))
             if float(t["r1_gamma_image"]) > 0 and s % int(t["r1_interval_image"]) == 0:
                 stats.update(self.d_image_r1_step(real))
@@ -321,7 +347,7 @@ class GanTrainer:
             if float(t["r1_gamma_joint"]) > 0 and s % int(t["r1_interval_joint"]) == 0:
                 stats.update(self.d_joint_r1_step(lab_image, lab_mask))
 
-            stats.update(self.g_step(lab_image, lab_mask))
+            stats.update(self.g_step(lab_image, lab_mask, generated))
             if float(t["pl_weight"]) > 0 and s % int(t["pl_interval"]) == 0:
                 stats.update(self.g_path_length_step())
             self._phase(None)

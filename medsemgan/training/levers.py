@@ -15,6 +15,10 @@
 - ``paired_d_pass``: the image discriminator step runs reals and fakes as one batch of twice
   the size, interleaved so that every minibatch-std group holds only reals or only fakes (the
   same groups as two passes; ``ImageDiscriminator.pairs_in_one_pass`` says when that holds).
+- ``shared_fakes``: one generated batch per iteration, made with the generator's graph, serves
+  both discriminator phases (detached) and the generator phase: one generator forward instead of
+  two. The only lever that changes the algorithm's sampling (the generator phase reuses the
+  latents the discriminators saw instead of drawing new ones), so it is named on its own.
 - ``fused_ops``: the compiled bias_act / upfirdn2d (medsemgan.ops) and PyTorch's fused Adam
   kernel for the three optimisers; off forces ``MEDSEMGAN_OPS=reference`` for the duration of a
   step and the per-tensor Adam loop.

@@ -32,7 +32,7 @@ def test_unknown_keys_and_bad_values_are_input_errors():
 
 def test_fast_switch_controls_every_lever():
     assert levers_from({"fast": True}) == {"bf16": True, "channels_last": True, "channels_last_generator": True,
-                                           "paired_d_pass": True, "fused_ops": True, "compile": False, "bf16_regularizers": True}
+                                           "paired_d_pass": True, "shared_fakes": True, "fused_ops": True, "compile": False, "bf16_regularizers": True}
     assert not any(levers_from({"fast": False}).values())
     assert levers_from({"fast": False, "levers": {"bf16": True}})["bf16"] is True
     with pytest.raises(ValueError, match="double backward"):

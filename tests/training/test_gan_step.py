@@ -178,3 +178,31 @@ def test_paired_discriminator_pass_gives_the_same_step(make_trainer):
         torch.testing.assert_close(stats[1][key], stats[0][key], rtol=1e-5, atol=1e-6)
     for p, q in zip(plain.D_image.parameters(), paired.D_image.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_fakes_run_one_generator_forward_per_iteration(make_trainer, shared):
+    """shared_fakes: the discriminator phases and the generator phase use one generated batch
+    (one synthesis forward instead of two); the discriminator updates never reach G, and G still
+    trains in its own phase."""
+    trainer = make_trainer({"fast": False, "levers": {"shared_fakes": shared}, "pl_interval": 1000,
+                            "r1_interval_image": 1000, "r1_interval_joint": 1000})
+    trainer.step()  # iteration 0 runs every regulariser; count a plain one
+    calls = []
+    trainer.G.synthesis.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    grads_after_d = []
+    d_joint_step = trainer.d_joint_step
+
+    def watched(*args, **kwargs):
+        out = d_joint_step(*args, **kwargs)
+        grads_after_d.append(all(p.grad is None for p in trainer.G.parameters()))
+        return out
+
+    trainer.d_joint_step = watched
+    before = [p.detach().clone() for p in trainer.G.parameters()]
+    for p in trainer.G.parameters():
+        p.grad = None  # left over from the previous generator phase
+    trainer.step()
+    assert len(calls) == (1 if shared else 2)
+    assert grads_after_d == [True]  # nothing from the discriminator phases reached G
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.G.parameters()))
