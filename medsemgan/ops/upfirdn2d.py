@@ -132,25 +132,19 @@ class ConvBackend:
     def upfirdn2d(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1):
         c = x.shape[1]
         k_h, k_w = k.shape
-        # A channels_last input keeps its layout through every step (pad, strided slice, the
-        # depthwise weight): oneDNN's bf16 kernels are fastest in NHWC, and a layout change here
-        # would cost a copy now and another in the next layer.
-        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-        weight = k.to(x.dtype)[None, None].expand(c, 1, k_h, k_w).contiguous(memory_format=layout)
+        weight = k.to(x.dtype)[None, None].repeat(c, 1, 1, 1)
         if up_x > 1 or up_y > 1:
             # A stride-`up` transposed convolution with flip(k) is the full correlation of the
             # zero-inserted input with k; the padding then becomes a crop (or zero pad) of it.
             y = F.conv_transpose2d(x, weight.flip([2, 3]), stride=(up_y, up_x), groups=c)
             y = F.pad(y, [pad_x0 - (k_w - 1), pad_x1 - k_w + up_x, pad_y0 - (k_h - 1), pad_y1 - k_h + up_y])
             if down_x > 1 or down_y > 1:
-                y = y[:, :, ::down_y, ::down_x]
-            return y.contiguous(memory_format=layout)
+                layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+                y = y[:, :, ::down_y, ::down_x].contiguous(memory_format=layout)
+            return y
         if pad_x0 == pad_x1 >= 0 and pad_y0 == pad_y1 >= 0:
-            y = F.conv2d(x, weight, stride=(down_y, down_x), padding=(pad_y0, pad_x0), groups=c)
-        else:
-            padded = F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1]).contiguous(memory_format=layout)
-            y = F.conv2d(padded, weight, stride=(down_y, down_x), groups=c)
-        return y.contiguous(memory_format=layout)
+            return F.conv2d(x, weight, stride=(down_y, down_x), padding=(pad_y0, pad_x0), groups=c)
+        return F.conv2d(F.pad(x, [pad_x0, pad_x1, pad_y0, pad_y1]), weight, stride=(down_y, down_x), groups=c)
 
 
 def correlation_kernel(f: torch.Tensor, flip_filter: bool, gain: float, dtype: torch.dtype) -> torch.Tensor:
