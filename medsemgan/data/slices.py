@@ -37,12 +37,16 @@ from monai.transforms.utils import reset_ops_id
 
 from medsemgan.data.catalogue import LABELED_ORDER, Study, get_study, training_studies
 from medsemgan.data.transforms import BODY_THRESHOLD, preprocess
+from medsemgan.fingerprint import code_fingerprint, content_hashes
 from medsemgan.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Bump when preprocessing or selection changes, so old caches are not reused.
-CACHE_VERSION = 1
+# Bump when the cache's layout changes. Changes of the code that computes the cached values (the
+# parts below: reading, preprocessing, slice selection) and of the studies' bytes change the key
+# by themselves (medsemgan.fingerprint).
+CACHE_VERSION = 2
+CODE_PARTS = ("data", "io_utils.py", "fingerprint.py")
 # A slice whose body (pixels above the CT body threshold) covers less than this fraction of the
 # crop is air or table: useless for training.
 MIN_BODY_FRACTION = 0.05
@@ -104,9 +108,12 @@ def safe_for_weights_only(tensor: MetaTensor) -> MetaTensor:
 def volume_dataset(
     studies: Sequence[Study], resolution: int, cache_dir: str | os.PathLike | None = None
 ) -> Dataset:
-    """Preprocessed volumes, one item per study; ``PersistentDataset`` when ``cache_dir`` is given."""
+    """Preprocessed volumes, one item per study; ``PersistentDataset`` when ``cache_dir`` is given,
+    keyed by the study, the resolution, the code fingerprint and the study files' content hashes."""
+    code = code_fingerprint(CODE_PARTS) if cache_dir is not None else None
     items = [
-        {"name": s.name, "root": str(s.root), "resolution": int(resolution), "version": CACHE_VERSION}
+        {"name": s.name, "root": str(s.root), "resolution": int(resolution), "version": CACHE_VERSION,
+         **({} if code is None else {"code": code, "content": content_hashes([s.image_path, s.label_path])})}
         for s in studies
     ]
     transform = Compose([PreprocessStudyd()])
@@ -334,14 +341,11 @@ def build_training_set(
 
 
 def _cache_key(root: Path, resolution: int, budget: LabeledBudget) -> str:
-    files = []
-    for study in training_studies(root):
-        for path in (study.image_path, study.label_path):
-            if path is not None and path.exists():
-                stat = path.stat()
-                files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    files = [[study.name, *content_hashes([study.image_path, study.label_path])]
+             for study in training_studies(root)]
     settings = {
         "version": CACHE_VERSION,
+        "code": code_fingerprint(CODE_PARTS),
         "resolution": int(resolution),
         "budget": budget.key(),
         "labeled_order": list(LABELED_ORDER),
@@ -364,8 +368,9 @@ def training_tensors(
     ``labeled_budget``: 'all', N slices, 'slices:N' or 'volumes:K'); images float32 in [-1, 1],
     masks float32 in {0, 1}. chaos_ct_1 and every MRI study are never included.
 
-    With ``cache_dir`` the tensors are saved there (keyed by settings and the source files' sizes
-    and times) and reloaded on the next call.
+    With ``cache_dir`` the tensors are saved there (keyed by the settings, the fingerprint of the
+    code that computes them and the source files' content hashes: ``medsemgan.fingerprint``) and
+    reloaded on the next call.
     """
     root = Path(root)
     budget = LabeledBudget.parse(labeled_budget)

@@ -17,7 +17,8 @@ and an out-of-domain MRI test set: segment the case, score it with
   truth and predicted contours;
 * ``predictions/<method>/<budget>/<case>.nii.gz``: every predicted mask (input geometry);
 * ``cache/<method>/<budget>/<test set>/<case>.json``: metrics keyed by a fingerprint of the
-  method, its weights (size and time) and the case, so re-running after adding a method only
+  method, its weights' and the case's files' contents and the code that computes a case
+  (``report_methods.CODE_PARTS``), so re-running after adding a method only
   computes the new one. SemanticGAN entries written before the out-of-domain signal was recorded
   (no ``ood`` field, or one without the verdict) are recomputed once; other kinds' entries never
   had it and stay valid.
@@ -63,7 +64,8 @@ from medsemgan.evaluation.report_config import (  # noqa: F401  (parse_config et
     parse_config,
     read_report_yaml,
 )
-from medsemgan.evaluation.report_methods import Runner, make_runner
+from medsemgan.evaluation.report_methods import CODE_PARTS, Runner, make_runner
+from medsemgan.fingerprint import code_fingerprint, content_hashes
 from medsemgan.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ def _spacing(image) -> tuple[float, ...]:
 
 def _case_fingerprint(study) -> dict:
     return {"image": str(study.image_path), "label": str(study.label_path), "modality": study.modality,
-            "liver_value": study.liver_value, "label_kind": study.label_kind}
+            "liver_value": study.liver_value, "label_kind": study.label_kind,
+            "content": content_hashes([study.image_path, study.label_path])}
 
 
 def _cache_file(out: Path, method: str, budget: str, test_set: str, case: str) -> Path:
@@ -168,7 +171,8 @@ class Job:
     @property
     def cache_key(self) -> str:
         blob = json.dumps({"runner": self.runner.fingerprint_for(self.test_set.modality),
-                           "case": _case_fingerprint(self.study)}, sort_keys=True)
+                           "case": _case_fingerprint(self.study), "code": code_fingerprint(CODE_PARTS)},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def cache_path(self, out: Path) -> Path:

@@ -26,13 +26,19 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.evaluation.report_config import SEMANTICGAN_MODALITY_ENCODERS, Method
+from medsemgan.fingerprint import content_hash
 
-CACHE_VERSION = 1
+# Bump when the cache entries' layout changes; code and input changes re-key entries by themselves.
+CACHE_VERSION = 2
+# The parts of the package whose code computes a cached case result: reading and preprocessing,
+# the networks and ops, inference (SemanticGAN and U-Net), the metrics, this module and the jobs.
+CODE_PARTS = ("data", "models", "ops", "inference", "training/unet.py", "evaluation/metrics.py",
+              "evaluation/report_methods.py", "evaluation/report.py", "io_utils.py", "runtime.py",
+              "fingerprint.py")
 
 
 def _file_stamp(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [path.name, content_hash(path)]
 
 
 def _missing(paths: list[Path], root: Path) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -142,6 +144,8 @@ def test_volume_cache_keeps_metadata_and_is_reused(dcmqi_root, tmp_path, monkeyp
 
 
 def test_training_tensors_cache_on_disk(dcmqi_root, tmp_path, monkeypatch):
+    # a fixed code fingerprint: the source files may change while the test runs (shared checkout)
+    monkeypatch.setattr(slices, "code_fingerprint", lambda parts: "code A")
     out = training_tensors(dcmqi_root, 32, "all", cache_dir=tmp_path / "cache")
     assert set(out) == {"unlabeled", "labeled_image", "labeled_mask"}
     assert tuple(out["unlabeled"].shape) == (3, 1, 32, 32)
@@ -152,6 +156,31 @@ def test_training_tensors_cache_on_disk(dcmqi_root, tmp_path, monkeypatch):
     assert all(torch.equal(out[k], again[k]) for k in out)
     with pytest.raises(pytest.fail.Exception):  # other settings, other cache entry
         training_tensors(dcmqi_root, 32, 2, cache_dir=tmp_path / "cache")
+    # other code computing the tensors: another cache entry (issue 18)
+    monkeypatch.setattr(slices, "code_fingerprint", lambda parts: "code B")
+    with pytest.raises(pytest.fail.Exception):
+        training_tensors(dcmqi_root, 32, "all", cache_dir=tmp_path / "cache")
+
+
+def test_training_tensors_cache_follows_the_studies_bytes(shared_data, tmp_path, monkeypatch):
+    """Touching a study keeps the cache; rewriting one of its files with other bytes does not."""
+    monkeypatch.setattr(slices, "code_fingerprint", lambda parts: "code A")
+    root = tmp_path / "data"
+    shutil.copytree(shared_data / "ct" / "dcmqi", root / "ct" / "dcmqi")
+    for path in (root / "ct" / "dcmqi").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    training_tensors(root, 32, "all", cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(slices, "build_training_set", lambda *a: pytest.fail("cache not used"))
+    label = root / "ct" / "dcmqi" / "liver_seg.nrrd"
+    stat = label.stat()
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    training_tensors(root, 32, "all", cache_dir=tmp_path / "cache")
+    slice_file = sorted((root / "ct" / "dcmqi" / "ct-3slice").iterdir())[0]
+    data = bytearray(slice_file.read_bytes())
+    data[-1] ^= 0x01  # one pixel's lowest bit
+    slice_file.write_bytes(bytes(data))
+    with pytest.raises(pytest.fail.Exception):
+        training_tensors(root, 32, "all", cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture(scope="module")

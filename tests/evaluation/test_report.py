@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medsemgan.errors import InputError
@@ -109,7 +111,11 @@ def test_report_end_to_end(workspace, tmp_path):
     assert result["summary"]["cells"]["unet"]["all"]["mri"]["dice"]["n"] == 2
 
 
-def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_path):
+def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_path, monkeypatch):
+    from medsemgan.evaluation import report as report_module
+
+    # a fixed code fingerprint: the source files may change while the test runs (shared checkout)
+    monkeypatch.setattr(report_module, "code_fingerprint", lambda parts: "fixed")
     out = tmp_path / "report"
     raw = raw_config(workspace)
     raw["overlays"] = False
@@ -120,15 +126,24 @@ def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_pa
     second = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
     cached = {(r["method"], r["cached"]) for r in second}
     assert cached == {("perfect", "True"), ("unet", "False")}
-    # changing the weights file invalidates its cached results
+    # touching the weights file (same bytes) keeps its cached results; changing its bytes does not
     weights = workspace / "weights" / "unet_run" / "unet.pt"
     stat = weights.stat()
-    import os
-
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    result = build_report(parse_config(raw, "test", out), progress=False)
-    third = read_csv_after(result)
+    touched = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    assert {r["cached"] for r in touched} == {"True"}
+    original = weights.read_bytes()
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 0.001
+    torch.save(state, weights)
+    try:
+        third = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+    finally:
+        weights.write_bytes(original)
     assert {(r["method"], r["cached"]) for r in third} == {("perfect", "True"), ("unet", "False")}
+    result = build_report(parse_config(raw, "test", out), progress=False)  # the original weights again
+    third = read_csv_after(result)
     # recording the measured Dice in the U-Net's sidecar keeps the cache valid
     (side,) = record_in_sidecars(parse_config(raw, "test", out), result, "medsemgan report (test)")
     recorded = json.loads(side.read_text())["evaluation"]
@@ -137,6 +152,54 @@ def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_pa
     assert recorded["mri"]["n"] == 2 and recorded["command"] == "medsemgan report (test)"
     fourth = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
     assert {r["cached"] for r in fourth} == {"True"}
+
+
+def test_code_or_case_change_recomputes_and_nothing_else_does(workspace, tmp_path, monkeypatch):
+    """The cache is keyed on the code that computes a case and on the case's bytes (issue 18)."""
+    from medsemgan.evaluation import report as report_module
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    raw = raw_config(workspace)
+    raw.update(data_root=str(data), overlays=False)
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "perfect"]
+    out = tmp_path / "report"
+
+    def rerun() -> set:
+        rows = read_csv_after(build_report(parse_config(raw, "test", out), progress=False))
+        return {(r["test_set"], r["case"]) for r in rows if r["cached"] == "False"}
+
+    everything = {("ct", "c0"), ("ct", "c1"), ("mri", "m0"), ("mri", "m1")}
+    monkeypatch.setattr(report_module, "code_fingerprint", lambda parts: "code A")
+    assert rerun() == everything
+    assert rerun() == set()
+    # one case's image rewritten with other bytes (same name): that case only
+    image = data / "ct" / "image_c0.nii.gz"
+    volume = nib.load(str(image))
+    changed = np.asarray(volume.dataobj).copy()
+    changed[0, 0, 0] += 7
+    nib.save(nib.Nifti1Image(changed, volume.affine, volume.header), str(image))
+    assert rerun() == {("ct", "c0")}
+    # another fingerprint of the code that computes a case: everything
+    monkeypatch.setattr(report_module, "code_fingerprint", lambda parts: "code B")
+    assert rerun() == everything
+    assert rerun() == set()
+
+
+def test_code_fingerprint_follows_the_source_files(tmp_path):
+    from medsemgan.fingerprint import code_fingerprint
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / "a.py").write_text("x = 1\n")
+    (package / "sub" / "notes.txt").write_text("not code\n")
+    before = code_fingerprint(["sub", "b.py"], root=package)
+    (package / "sub" / "notes.txt").write_text("still not code\n")
+    assert code_fingerprint(["sub", "b.py"], root=package) == before
+    (package / "sub" / "a.py").write_text("x = 22\n")
+    after = code_fingerprint(["sub", "b.py"], root=package)
+    (package / "b.py").write_text("")
+    assert len({before, after, code_fingerprint(["sub", "b.py"], root=package)}) == 3
 
 
 def read_csv_after(result: dict) -> list[dict]:
