@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("medsemgan.bench.cli", "measure speed: ops, model, train, infer"),
     "demo": ("medsemgan.bundle.demo", "segment the sample study shipped with the bundle (and real studies if present)"),
     "info": ("medsemgan.data.info", "describe a CT/MRI volume as JSON: format, shape, spacing, orientation, modality, series"),
+    "install-bundle": ("medsemgan.bundle.install", "install or check a bundle (folder, archive or URL) in the default folder, sha256-verified"),
     "export": ("medsemgan.bundle.export", "put trained generator/encoder weights into a bundle (fp16, with provenance)"),
     "evaluate": ("medsemgan.evaluation.evaluate", "score masks: Dice, RAVD, ASSD, MSSD, HD95 (CHAOS)"),
     "segment": ("medsemgan.inference.segment", "segment the liver: NIfTI/NRRD/DICOM study in, NIfTI mask out"),

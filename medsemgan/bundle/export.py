@@ -14,7 +14,10 @@ same fixed latents, and the export refuses a cast whose liver masks disagree on 
 refuses an encoder whose run was trained against another generator file than the bundle's.
 
 ``models/provenance.json`` records, per file: where it came from (run folder, images seen, the
-configuration), the dtype, the sha256 and, for the generator, the measured cast error. The model
+configuration), the dtype, the sha256 and, for the generator, the measured cast error. Paths in it
+are relative (to the bundle, the repository or the working folder), never this machine's absolute
+ones: the file travels with the bundle. ``large_files.yml`` (every weight file with its sha256,
+checked by ``medsemgan install-bundle``) is rewritten after each export. The model
 card (``docs/README.md``) cites it. ``--budget 8`` writes ``generator_8.pt``/``encoder_8.pt``, the
 files ``medsemgan report`` reads for the other label budgets.
 """
@@ -25,6 +28,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +137,40 @@ def _write_state(state: dict[str, torch.Tensor], out: Path) -> None:
         torch.save(state, tmp)
 
 
+def portable_path(text: str, bundle: Path) -> str:
+    """An absolute path of this machine as a path a reader elsewhere can use: relative to the
+    bundle (``models/generator.pt``), else to the repository, else to the working folder, else its
+    last two parts (``gan_run/checkpoint.pt``). Relative paths are returned unchanged."""
+    from medsemgan.paths import REPO_DIR
+
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    for base in (bundle, REPO_DIR, Path.cwd()):
+        try:
+            return path.resolve().relative_to(Path(base).resolve()).as_posix()
+        except ValueError:
+            continue
+    return Path(*path.parts[-2:]).as_posix()
+
+
+def portable(value: Any, bundle: Path) -> Any:
+    """``value`` with every absolute path in its strings made portable (``portable_path``):
+    provenance.json travels with the bundle and must not name the exporting machine's folders."""
+    if isinstance(value, dict):
+        return {k: portable(v, bundle) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, bundle) for v in value]
+    if isinstance(value, str) and os.sep in value:
+        return " ".join(portable_path(word, bundle) if os.path.isabs(word) else word for word in value.split(" "))
+    return value
+
+
 def _record(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
     path = models_dir / PROVENANCE_NAME
     records = json.loads(path.read_text()) if path.is_file() else {}
     records[name] = entry
+    records = portable(records, models_dir.parent)  # also cleans records written by older versions
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(records, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -195,7 +229,7 @@ def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gan", type=Path, help="GAN run folder or its checkpoint.pt: writes the EMA generator")
     parser.add_argument("--encoder", type=Path, help="encoder run folder or its encoder.pt")
-    parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: bundles/medsemgan_liver)")
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the one segment uses: $MEDSEMGAN_BUNDLE, the checkout's bundles/medsemgan_liver, else the user folder)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="stored precision (default fp16)")
     parser.add_argument("--budget", default=None,
                         help="label budget of these weights: 'all' (default) writes generator.pt/encoder.pt, "
@@ -223,5 +257,9 @@ def run(args) -> int:
     if args.encoder is not None:
         written["encoder"] = str(export_encoder(args.encoder, models_dir, args.dtype, args.budget,
                                                 args.allow_other_generator, args.modality))
-    print(json.dumps({"written": written, "provenance": str(models_dir / PROVENANCE_NAME)}, indent=2))
+    from medsemgan.bundle.large_files import write_large_files
+
+    listing = write_large_files(bundle)  # every weight file with its new sha256
+    print(json.dumps({"written": written, "provenance": str(models_dir / PROVENANCE_NAME),
+                      "large_files": str(listing)}, indent=2))
     return 0

@@ -66,6 +66,11 @@ def _export(source: str | os.PathLike | None, destination: str | os.PathLike | N
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
     log.info("exported %s -> %s", source, destination)
+    bundle = destination.parent.parent
+    if destination.parent.name == "models" and (bundle / "large_files.yml").is_file():
+        from medsemgan.bundle.large_files import write_large_files
+
+        write_large_files(bundle)  # keep the sha256 list in step with the new weights
     return str(destination)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from medsemgan.config_files import config_path, read_yaml_mapping
 from medsemgan.errors import InputError
-from medsemgan.paths import DEFAULT_BUNDLE_DIR
+from medsemgan.paths import bundle_dir as find_bundle_dir, missing_bundle_hint
 
 DEFAULT_CONFIG = "cpu128"
 GENERATOR_FILE = Path("models") / "generator.pt"
@@ -168,9 +168,9 @@ class SegmentationModel(nn.Module):
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike | None = None,
                     config: str | os.PathLike | dict | ModelConfig | None = None) -> "SegmentationModel":
-        bundle = Path(bundle_dir) if bundle_dir is not None else DEFAULT_BUNDLE_DIR
+        bundle = find_bundle_dir(bundle_dir)  # --bundle, $MEDSEMGAN_BUNDLE, checkout, user folder
         if not bundle.is_dir():
-            raise InputError(bundle, "bundle folder does not exist (pass --bundle DIR)")
+            raise InputError(bundle, f"bundle folder does not exist: {missing_bundle_hint()}")
         if config is None:
             bundled = bundle / BUNDLE_CONFIG_FILE
             config = bundled if bundled.is_file() else DEFAULT_CONFIG

@@ -3,7 +3,7 @@
 Public entry point: :func:`bias_act`. Two paths compute the same function:
 
 - the reference (:func:`bias_act_reference`): plain PyTorch, one pass over memory per step;
-- the compiled path (:class:`_BiasActFunction`): one pass with the math of ``cuda/bias_act.h``,
+- the compiled path (:class:`_BiasActFunction`): one pass with the math of ``csrc/bias_act.h``,
   run by the CPU extension (CPU tensors) or the CUDA extension (CUDA tensors), built lazily by
   :mod:`medsemgan.ops.loader`. Its backward is another compiled op (:class:`_BiasActGradFunction`)
   whose own backward is itself, so second derivatives (R1, path length) stay on the fast path.
@@ -74,7 +74,7 @@ def bias_act_reference(
     return x
 
 
-_ACT_CODES = {"linear": 0, "lrelu": 1}  # cuda/bias_act.h BiasActKind
+_ACT_CODES = {"linear": 0, "lrelu": 1}  # csrc/bias_act.h BiasActKind
 
 
 def _compiled_module(x: torch.Tensor, impl: str | None):

@@ -36,7 +36,7 @@ from types import ModuleType
 
 import torch
 
-from medsemgan.paths import REPO_DIR
+from medsemgan.paths import OPS_SOURCE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ ENV_MODE = "MEDSEMGAN_OPS"
 ENV_CACHE = "MEDSEMGAN_OPS_CACHE"
 MODES = ("auto", "reference", "fused")
 
-SOURCE_DIR = REPO_DIR / "cuda"
+SOURCE_DIR = OPS_SOURCE_DIR  # medsemgan/ops/csrc: package data, present in an installed wheel too
 HEADERS = ("ops_common.h", "bias_act.h", "upfirdn2d.h", "binding_common.h")
 SOURCES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu_ops.cpp",),

@@ -9,7 +9,7 @@ Paths computing the same function:
 - :class:`_Upfirdn2dFunction` around a *backend* with the signature
   ``upfirdn2d(x, k, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1)``, where ``k`` is
   the 2-D correlation kernel (flip and gain applied). Backends: the compiled extensions (math of
-  ``cuda/upfirdn2d.h``; CUDA for CUDA tensors, and the CPU extension) and
+  ``csrc/upfirdn2d.h``; CUDA for CUDA tensors, and the CPU extension) and
   :class:`ConvBackend`, the same op as one depthwise strided (transposed) convolution (pure
   PyTorch; measured against the compiled loop by ``medsemgan bench ops``, see docs/ops.md). The
   Function's backward is the same op with up/down swapped and the kernel flipped, so it is

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from medsemgan.evaluation.report import build_report, parse_config
-from medsemgan.paths import DEFAULT_BUNDLE_DIR
+from medsemgan.paths import BASELINES_DIR
 
-WEIGHTS = DEFAULT_BUNDLE_DIR / "models" / "unet_baseline_all.pt"
+WEIGHTS = BASELINES_DIR / "unet_baseline_all.pt"
 
 
 def test_committed_unet_baseline_reaches_its_recorded_ct_dice(shared_data, tmp_path):

@@ -1,4 +1,4 @@
-"""bias_act: the compiled CPU path (math of cuda/bias_act.h) against the pure-PyTorch reference."""
+"""bias_act: the compiled CPU path (math of medsemgan/ops/csrc/bias_act.h) against the pure-PyTorch reference."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from ops_testing import rel_err
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="no CUDA GPU here: the CUDA kernels are only compiled (make cuda-check); "
-    "their per-element math is tested on the CPU through cuda/*.h",
+    "their per-element math is tested on the CPU through medsemgan/ops/csrc/*.h",
 )
 
 

@@ -1,4 +1,4 @@
-"""upfirdn2d: the compiled CPU path (math of cuda/upfirdn2d.h) and the convolution backend
+"""upfirdn2d: the compiled CPU path (math of medsemgan/ops/csrc/upfirdn2d.h) and the convolution backend
 against the pure-PyTorch reference, plus the helpers built on them."""
 
 from __future__ import annotations
