@@ -25,6 +25,7 @@ import numpy as np
 
 from medsemgan.errors import InputError
 from medsemgan.evaluation.metrics import CHAOS_THRESHOLDS, chaos_score, compute_metrics
+from medsemgan.evaluation.statistics import describe
 from medsemgan.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -202,27 +203,9 @@ def evaluate_case(
 
 
 def summarise(rows: list[dict], columns) -> dict[str, dict]:
-    """mean/median/std/min/max per metric over the finite values; ``n_excluded`` counts the rest.
-
-    std is the sample standard deviation (n − 1), ``None`` for fewer than two values.
-    """
-    summary = {}
-    for column in columns:
-        values = np.array([row[column] for row in rows], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        stats = {"n": int(finite.size), "n_excluded": int(values.size - finite.size)}
-        if finite.size:
-            stats.update(
-                mean=float(finite.mean()),
-                median=float(np.median(finite)),
-                std=float(finite.std(ddof=1)) if finite.size > 1 else None,
-                min=float(finite.min()),
-                max=float(finite.max()),
-            )
-        else:
-            stats.update(mean=None, median=None, std=None, min=None, max=None)
-        summary[column] = stats
-    return summary
+    """Per metric, :func:`medsemgan.evaluation.statistics.describe` over the cases: mean, median,
+    std (n - 1), min, max over the finite values; ``n_excluded`` counts the rest."""
+    return {column: describe(row[column] for row in rows) for column in columns}
 
 
 def _json_safe(value):

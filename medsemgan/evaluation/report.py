@@ -53,6 +53,7 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.evaluation.metrics import compute_metrics
+from medsemgan.evaluation.statistics import describe
 from medsemgan.evaluation.report_config import (  # noqa: F401  (parse_config etc. re-exported)
     DEFAULT_CONFIG,
     Budget,
@@ -81,6 +82,8 @@ OOD_SIGNAL_COLUMNS = {"structure": ("structure_error_mean", "structural error (e
 CSV_COLUMNS = ("test_set", "case", "modality", "method", "method_name", "budget", "status", *METRICS,
                *OOD_COLUMNS, "seconds", "cached", "prediction", "error")
 IN_DOMAIN, OUT_OF_DOMAIN = "CT", "MR"  # the generator is trained on CT
+# infinite when a mask is empty: means over the finite cases, the others counted (statistics.describe)
+DISTANCE_METRICS = ("ravd", "assd", "mssd", "hd95")
 OVERLAY_RESOLUTION = 192
 
 
@@ -259,13 +262,10 @@ def _error_text(err: Exception, fallback_path) -> str:
 # ============================================================================ summarising
 
 
-def _stats(values: list[float]) -> dict:
-    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
-        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None}
-    return {"n": int(finite.size), "mean": float(finite.mean()),
-            "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
-            "median": float(np.median(finite)), "min": float(finite.min()), "max": float(finite.max())}
+def excluded_cases(cell: dict) -> int:
+    """How many scored cases of a cell have a non-finite RAVD or surface distance (left out of
+    those means)."""
+    return max(cell[k]["n_excluded"] for k in DISTANCE_METRICS)
 
 
 def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict:
@@ -279,9 +279,9 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
                 ok = [r for r in here if r["status"] == "ok"]
                 cell = {"available": reason is None, "reason": reason, "cases": len(here),
                         "ok": len(ok), "failed": len(here) - len(ok),
-                        "dice": _stats([r["dice"] for r in ok])}
-                for metric in ("ravd", "assd", "mssd", "hd95"):
-                    cell[metric] = _stats([r[metric] for r in ok])
+                        "dice": describe([r["dice"] for r in ok])}
+                for metric in DISTANCE_METRICS:
+                    cell[metric] = describe([r[metric] for r in ok])
                 if method.kind == "semanticgan":
                     cell["ood"] = _ood_cell(ok)
                 cells.setdefault(method.key, {}).setdefault(budget.key, {})[ts.key] = cell
@@ -301,12 +301,12 @@ def summarise(config: ReportConfig, rows: list[dict], unavailable: dict) -> dict
 def _ood_cell(ok_rows: list[dict]) -> dict:
     measured = [r for r in ok_rows if r.get("ood_score") is not None]
     cell = {"cases": len(measured),
-            "objective": _stats([r["objective_mean"] for r in measured if r.get("objective_mean") is not None]),
+            "objective": describe([r["objective_mean"] for r in measured if r.get("objective_mean") is not None]),
             "flagged": sum(bool(r["out_of_domain"]) for r in measured),
             "signals": sorted({r["ood_signal"] for r in measured if r.get("ood_signal")}),
             "thresholds": sorted({r["ood_threshold"] for r in measured if r.get("ood_threshold") is not None})}
     for signal, (column, _) in OOD_SIGNAL_COLUMNS.items():
-        cell[signal] = _stats([r[column] for r in measured if r.get(column) is not None])
+        cell[signal] = describe([r[column] for r in measured if r.get(column) is not None])
     return cell
 
 
@@ -438,6 +438,12 @@ def cell_text(cell: dict) -> str:
     return text
 
 
+def excluded_text(cell: dict) -> str:
+    """`` [k excluded from the distances]`` when some scored case had infinite distances."""
+    k = excluded_cases(cell) if cell["available"] and cell["ok"] else 0
+    return f" [{k} case(s) with infinite distances excluded from their means]" if k else ""
+
+
 def _available_cells(config, cells: dict, methods):
     """(method, budget, test set, cell) for every cell of ``methods`` that has results, in table order."""
     for m in methods:
@@ -481,11 +487,13 @@ def render_markdown(config: ReportConfig, summary: dict, rows: list[dict], figur
         d = cell["dice"]
         detail.append([m.name, b.title, ts.key, f"{cell['ok']}/{cell['cases']}", _fmt_dice(d),
                        _finite(d["median"]), f"{_finite(d['min'])}–{_finite(d['max'])}",
-                       _finite(cell["ravd"]["mean"]), _finite(cell["assd"]["mean"]),
-                       _finite(cell["mssd"]["mean"]), _finite(cell["hd95"]["mean"])])
+                       *(_finite(cell[k]["mean"]) for k in DISTANCE_METRICS), str(excluded_cases(cell))])
     if detail:
         lines += _md_table(["method", "budget", "test set", "scored", "Dice", "median", "min–max",
-                            "RAVD %", "ASSD mm", "MSSD mm", "HD95 mm"], detail)
+                            "RAVD %", "ASSD mm", "MSSD mm", "HD95 mm", "excluded"], detail)
+        lines += ["", "RAVD and the surface distances are means over the cases where they are finite: a case "
+                  "with an empty prediction (or ground truth) has infinite distances and is left out of "
+                  "them; \"excluded\" counts those cases (their Dice is in the Dice columns)."]
     else:
         lines.append("No method was available.")
     lines += _ood_section(config, summary)
@@ -750,6 +758,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result['report']} ({len(result['rows']) - len(failed)} case result(s), {len(failed)} failed)")
     for m in config.methods:
         for b in config.budgets:
-            cells = [f"{ts.key}: {cell_text(result['summary']['cells'][m.key][b.key][ts.key])}" for ts in config.test_sets]
+            cells = [f"{ts.key}: {cell_text(cell)}{excluded_text(cell)}"
+                     for ts in config.test_sets for cell in [result['summary']['cells'][m.key][b.key][ts.key]]]
             print(f"  {m.name} [{b.title}]  " + "  ".join(cells))
     return 1 if failed else 0

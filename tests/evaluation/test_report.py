@@ -367,6 +367,31 @@ def test_ood_section_counts_and_suggestions_from_hand_made_rows(workspace):
     assert "Reference masks" not in section  # only SemanticGAN methods carry the signal
 
 
+def test_infinite_distances_are_excluded_and_counted(workspace):
+    """An empty prediction's infinite distances stay out of the means, and the report says how
+    many cases that was (issue 18: they used to be dropped silently)."""
+    from medsemgan.evaluation.report import excluded_text, render_markdown, summarise
+
+    raw = raw_config(workspace)
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "gan"]
+    config = parse_config(raw, "test")
+    rows = [_gan_row("ct", "c0", "all", 0.01, False), _gan_row("ct", "c1", "all", 0.01, False),
+            _gan_row("mri", "m0", "all", 0.01, False), _gan_row("mri", "m1", "all", 0.01, False)]
+    rows[0].update(dice=0.0, ravd=-100.0, assd=float("inf"), mssd=float("inf"), hd95=float("inf"))
+    rows[1].update(dice=0.9, assd=2.0)
+    summary = summarise(config, rows, {})
+    cell = summary["cells"]["gan"]["all"]["ct"]
+    assert cell["dice"]["n"] == 2 and cell["dice"]["mean"] == pytest.approx(0.45)
+    assert cell["assd"] == {"n": 1, "n_excluded": 1, "mean": 2.0, "median": 2.0, "std": None, "min": 2.0, "max": 2.0}
+    assert cell["ravd"]["n_excluded"] == 0 and cell["ravd"]["mean"] == pytest.approx(-49.75)
+    assert excluded_text(cell) == " [1 case(s) with infinite distances excluded from their means]"
+    assert excluded_text(summary["cells"]["gan"]["all"]["mri"]) == ""
+    text = render_markdown(config, summary, rows, {}, "test")
+    details = text.split("## Details", 1)[1].split("\n## ", 1)[0]
+    assert "| SemanticGAN (TTO) | all slices | ct | 2/2 | 0.450 ± 0.636 | 0.450 | 0.000–0.900 | -49.750 | 2.000 | 0.500 | 0.500 | 1 |" in details
+    assert "| SemanticGAN (TTO) | all slices | mri | 2/2 | 0.500 ± 0.000 | 0.500 | 0.500–0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0 |" in details
+
+
 def test_ood_section_says_when_no_semanticgan_method_ran(workspace, tmp_path):
     raw = raw_config(workspace)
     raw["overlays"] = False
