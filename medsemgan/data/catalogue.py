@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from medsemgan.data import btcv
 from medsemgan.data.io import load_image, match_label_to_image
 from medsemgan.data.readers import read_png_stack, read_zip_dicom_masks, select_series
 from medsemgan.errors import InputError
@@ -236,6 +237,19 @@ def _known_studies(root: Path) -> list[Study]:
             notes="three CT slices with an NRRD liver segmentation",
         ),
     ]
+    btcv_dir = ct / "btcv"
+    studies += [
+        Study(
+            f"btcv_{i}", "btcv", "CT", btcv.LIVER_VALUE, TEST if i in btcv.BTCV_DEV_PATIENTS else TRAIN,
+            btcv_dir / "images" / f"image_SABS_{i}_slice000.png", btcv_dir / "labels" / f"label_{i}.nii.gz",
+            notes=(
+                "BTCV CT, CT dev test patient (never trained on)" if i in btcv.BTCV_DEV_PATIENTS
+                else "BTCV CT, unlabeled training pool (label used only for validation)"
+            ),
+            extra={"patient": i},
+        )
+        for i in btcv.BTCV_PATIENTS
+    ]
     studies += [
         Study(
             f"chaos_t2_{n}", "chaos_t2", "MR", 1, TEST,
@@ -274,8 +288,12 @@ def find_study(path: str | os.PathLike, root: str | os.PathLike | None) -> Study
     if root is None or not Path(root).is_dir():
         return None
     target = Path(path).resolve()
+    slice_of = btcv.patient_slice(target)
     for study in list_studies(root):
         if target in (study.image_path, study.label_path, study.prediction_path):
+            return study
+        if slice_of is not None and study.source == "btcv" and study.extra.get("patient") == slice_of[0] \
+                and study.image_path.parent == slice_of[1]:
             return study
     return None
 
@@ -290,6 +308,11 @@ def training_studies(root: str | os.PathLike) -> list[Study]:
 def held_out_studies(root: str | os.PathLike, modality: str | None = None) -> list[Study]:
     found = [s for s in list_studies(root) if s.split == TEST]
     return [s for s in found if modality is None or s.modality == modality.upper()]
+
+
+def ct_dev_studies(root: str | os.PathLike) -> list[Study]:
+    """The CT dev test set beside chaos_ct_1: the BTCV dev patients (``btcv.BTCV_DEV_PATIENTS``)."""
+    return [s for s in held_out_studies(root, "CT") if s.source == "btcv"]
 
 
 def labeled_studies(root: str | os.PathLike, volumes: int | None = None) -> list[Study]:

@@ -71,6 +71,9 @@ def describe(
         info["study"] = study.name
         info["source"] = study.source
         info["split"] = study.split
+        liver_ml = _catalogued_liver_ml(study, volume)
+        if liver_ml is not None:
+            info["liver_volume_ml"] = liver_ml
     if not modality:
         if study is not None:
             is_label = path.resolve() in (study.label_path, study.prediction_path)
@@ -88,6 +91,20 @@ def describe(
     if label is not None:
         info["label"] = describe_label(volume, label)
     return info
+
+
+def _catalogued_liver_ml(study, volume) -> float | None:
+    """Liver volume (mL) of a catalogued study's label, when ``volume`` is its image."""
+    if study.label_path is None or Path(volume.meta.get("source", "")).resolve() in (
+        study.label_path, study.prediction_path
+    ):
+        return None
+    try:
+        label = study.load_label(volume)
+    except Exception:  # noqa: BLE001 - the catalogue only adds context; never fail info for it
+        return None
+    voxel_ml = float(np.prod(volume.meta["spacing"])) / 1000.0
+    return round(float(label.sum()) * voxel_ml, 2)
 
 
 def _catalogued(path: Path):

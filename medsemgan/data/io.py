@@ -86,6 +86,10 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> MetaT
     """Read without the 3-D checks: the raw array (spatial axes first) and MONAI metadata."""
     path = Path(path)
     _check_exists(path)
+    known = _read_known_source(path)
+    if known is not None:
+        _check_finite(known.numpy(), path)
+        return known
     fmt = detect_format(path)
     if fmt == "picture":
         raise InputError(path, "is a 2-D picture; a 3-D volume (NIfTI, NRRD or DICOM) is required")
@@ -120,6 +124,17 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> MetaT
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), meta=meta)
     image.meta["format"] = image.meta.get("format", fmt)
     return image
+
+
+def _read_known_source(path: Path) -> MetaTensor | None:
+    """Sources whose files alone mislead a generic reader (BTCV: PNG slices, a wrong header axis)."""
+    from medsemgan.data import btcv
+
+    if btcv.patient_slice(path) is not None and btcv.patient_slice(path)[2].is_file():
+        return btcv.read_patient(path)
+    if btcv.is_label_volume(path):
+        return btcv.read_label(path)
+    return None
 
 
 def _has_dicom(folder: Path) -> bool:

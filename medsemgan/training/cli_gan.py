@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medsemgan.paths import default_run_dir
 from medsemgan.training.config import load_config, normalise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="configuration name (cpu128, paper256) or YAML file")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/gan_<config name>)")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/gan_<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images (overrides training.kimg)")
     parser.add_argument("--labeled", default=None, metavar="N|slices:N|volumes:K|all",
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from medsemgan.training.run import train_gan
 
     config = apply_overrides(load_config(args.config), args)
-    out = Path(args.out) if args.out else Path("runs") / f"gan_{config['model'].get('name') or 'custom'}"
+    out = Path(args.out) if args.out else default_run_dir(f"gan_{config['model'].get('name') or 'custom'}")
     summary = train_gan(config, out, resume=args.resume)
     print_summary(summary)
     # A run stopped by a signal exits like one (128 + signal number) after its checkpoint.

@@ -61,7 +61,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "fast": True,
     "levers": {},
     # observation
-    "checkpoint_kimg": 1.0,
+    "checkpoint_kimg": 1.0,  # rolling checkpoint.pt (full state, for --resume)
+    "snapshot_kimg": 10.0,  # kept snapshots/generator_ema_<images>.pt (EMA generator, both heads)
     "sample_kimg": 1.0,
     "log_every": 10,  # iterations between TensorBoard scalars
     "sample_grid": [4, 4],  # rows, columns of the sample PNG

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from medsemgan.paths import default_run_dir
 from medsemgan.errors import InputError
 from medsemgan.inference.losses import (
     bce_per_slice,
@@ -422,7 +423,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="configuration name (cpu128, paper256) or YAML file")
     parser.add_argument("--generator", required=True,
                         help="trained generator: generator_ema.pt from `train gan`, or its checkpoint.pt")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/encoder_<config name>)")
+    parser.add_argument("--out", default=None, help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/encoder_<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides encoder.train.device)")
@@ -455,7 +456,7 @@ def run(args) -> int:
             ModalityAugmentConfig.from_dict(t["modality_augment"])
         except ValueError as err:
             raise InputError(None, f"--modality-augment: {err}") from None
-    out = Path(args.out) if args.out else Path("runs") / f"encoder_{config['model'].get('name') or 'custom'}"
+    out = Path(args.out) if args.out else default_run_dir(f"encoder_{config['model'].get('name') or 'custom'}")
     summary = train_encoder(config, out, resume=args.resume, generator=args.generator)
     print_summary(summary)
     return {"SIGINT": 130, "SIGTERM": 143}.get(summary["stopped_by"], 0)

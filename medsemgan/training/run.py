@@ -4,6 +4,7 @@ Run directory layout (``out_dir``)::
 
     checkpoint.pt        latest full training state (atomic; --resume continues from it)
     generator_ema.pt     EMA generator state dict, written at the end (the bundle's weights)
+    snapshots/generator_ema_<images>.pt   EMA generator kept every training.snapshot_kimg
     config.json          the resolved configuration of the run
     samples/fakes_<kimg>.png   fixed-latent samples with their generated liver masks overlaid
     tensorboard/         TensorBoard scalars
@@ -171,6 +172,11 @@ def restore(trainer: GanTrainer, run_dir: Path) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def snapshot_path(run_dir: Path, images_seen: int) -> Path:
+    """A kept EMA-generator snapshot, named by images seen so that names sort by age."""
+    return run_dir / "snapshots" / f"generator_ema_{images_seen:09d}.pt"
+
+
 def _crossed(before: int, after: int, every_kimg: float) -> bool:
     every = max(1, int(round(every_kimg * 1000)))
     return after // every > before // every
@@ -262,6 +268,8 @@ def train_gan(
                     break
                 if _crossed(before, after, float(t["checkpoint_kimg"])):
                     write_checkpoint(trainer, run_dir)
+                if info.is_main and _crossed(before, after, float(t["snapshot_kimg"])):
+                    export_generator(trainer.G_ema, snapshot_path(run_dir, after))
             write_checkpoint(trainer, run_dir)
         elapsed = time.perf_counter() - started
         done_images = trainer.images_seen - start_images

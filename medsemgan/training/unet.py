@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from medsemgan.paths import default_run_dir
 from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
@@ -446,7 +447,7 @@ def train_unet(
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"configuration name or YAML file (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/unet_<budget>)")
+    parser.add_argument("--out", default=None, help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/unet_<budget>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     parser.add_argument("--labeled", default=None,
                         help="labeled budget: 'all', N slices, 'slices:N', 'volumes:K' (overrides data.labeled_budget)")
@@ -502,7 +503,7 @@ def run(args) -> int:
     from medsemgan.training.cli import print_summary
 
     config = apply_overrides(load_unet_config(args.config), args)
-    out = Path(args.out) if args.out else Path("runs") / f"unet_{budget_slug(config['data']['labeled_budget'])}"
+    out = Path(args.out) if args.out else default_run_dir(f"unet_{budget_slug(config['data']['labeled_budget'])}")
     summary = train_unet(config, out, resume=args.resume)
     if args.export:
         if "weights" not in summary:

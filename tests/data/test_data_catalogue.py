@@ -18,15 +18,19 @@ from medsemgan.data.catalogue import (
     list_studies,
     training_studies,
 )
+from medsemgan.data.btcv import BTCV_PATIENTS, BTCV_POOL_PATIENTS
 
 CT_STUDIES = ["chaos_ct_1", "ircadb_1", "totalseg_ct", "totalseg_ct_sm", "totalseg_ct_dicom", "dcmqi_3slice"]
 MR_STUDIES = [f"chaos_t2_{n}" for n in CHAOS_T2_PATIENTS] + ["totalseg_mr"]
+BTCV_STUDIES = [f"btcv_{i}" for i in BTCV_PATIENTS]
 
 
 def test_catalogue_lists_every_source(shared_data):
     studies = {s.name: s for s in list_studies(shared_data)}
-    assert set(studies) == set(CT_STUDIES + MR_STUDIES)
-    expected_values = {"chaos_ct": 255, "ircadb": 255, "totalseg_ct": 5, "dcmqi": 1, "chaos_t2": 1, "totalseg_mr": 5}
+    assert set(studies) == set(CT_STUDIES + MR_STUDIES + BTCV_STUDIES)
+    expected_values = {
+        "chaos_ct": 255, "ircadb": 255, "totalseg_ct": 5, "dcmqi": 1, "chaos_t2": 1, "totalseg_mr": 5, "btcv": 6,
+    }
     for study in studies.values():
         assert study.liver_value == expected_values[study.source]
         assert study.modality == ("MR" if study.name in MR_STUDIES else "CT")
@@ -35,7 +39,9 @@ def test_catalogue_lists_every_source(shared_data):
 
 def test_protocol_split_keeps_test_studies_out_of_training(shared_data):
     train = {s.name for s in training_studies(shared_data)}
-    assert train == {"ircadb_1", "totalseg_ct", "totalseg_ct_dicom", "dcmqi_3slice"}
+    assert train == {"ircadb_1", "totalseg_ct", "totalseg_ct_dicom", "dcmqi_3slice"} | {
+        f"btcv_{i}" for i in BTCV_POOL_PATIENTS
+    }
     held_out = {s.name for s in held_out_studies(shared_data)}
     assert "chaos_ct_1" in held_out and set(MR_STUDIES) <= held_out
     assert not train & held_out
