@@ -87,7 +87,7 @@ def _segment_options(args: argparse.Namespace, modality: str | None):
 def segment_case(name: str, image, label, modality: str, model, args: argparse.Namespace, out: Path,
                  started: float, what: str) -> dict[str, Any]:
     """Segment one loaded study, write mask + overlay, return the record printed and saved."""
-    from medsemgan.bundle.overlay import overlay_png
+    from medsemgan.inference.overlay import overlay_png
     from medsemgan.bundle.transforms import as_numpy_mask
     from medsemgan.evaluation.metrics import dice
     from medsemgan.inference.segment import segment_volume

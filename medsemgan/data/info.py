@@ -4,6 +4,10 @@ Reports format, shape, spacing (mm), orientation (axcodes of the voxel axes, as 
 them: DICOM 'LPS', CHAOS T2 'LAS', ...), modality (DICOM Modality tag, else the catalogue entry,
 else a guess from the intensities), the DICOM series found in a folder, dtype and intensity range.
 With ``--label`` it also checks that a label volume lies on the image's grid.
+
+A DICOM folder holding several series (and no ``--series``) is listed, not read: ``format``
+``dicom-folder``, ``series`` with each one's UID (or "no UID"), number, description, modality,
+slices, spacing, plane, and whether ``medsemgan segment`` takes it as a CT/MR volume.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ MAX_LISTED_VALUES = 16
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="NIfTI/NRRD/MHA file, DICOM file, or DICOM series folder")
-    parser.add_argument("--series", metavar="UID", default=None,
-                        help="SeriesInstanceUID to read when the folder holds several series")
+    parser.add_argument("--series", metavar="UID|NUMBER|none", default=None,
+                        help="the series to describe when the folder holds several: its "
+                             "SeriesInstanceUID, its SeriesNumber, or 'none' for the series without "
+                             "a UID (without it, a multi-series folder is listed)")
     parser.add_argument("--label", metavar="PATH", default=None,
                         help="a label volume to check against the image (shape and affine) and summarise")
     parser.add_argument("--indent", type=int, default=2, help="indentation of the JSON keys (0: all on one line)")
@@ -52,6 +58,10 @@ def describe(
     With ``label``, adds ``"label"``: its values, after checking it lies on the image's grid.
     """
     path = Path(path)
+    if series_uid is None and label is None and path.is_dir():
+        listed = list_dicom_series(path)
+        if len(listed) > 1:
+            return describe_folder(path, listed)
     volume = as_volume(read_volume(path, series_uid), path)
     array = volume[0].numpy()
     meta = volume.meta
@@ -91,6 +101,17 @@ def describe(
     if label is not None:
         info["label"] = describe_label(volume, label)
     return info
+
+
+def describe_folder(path: Path, listed: list) -> dict:
+    """A multi-series DICOM folder: every series from its headers (no volume is read)."""
+    return {
+        "path": str(path),
+        "format": "dicom-folder",
+        "n_series": len(listed),
+        "series": [s.summary() for s in listed],
+        "choose": "medsemgan segment/info --series UID|NUMBER|none (none: the series without a UID)",
+    }
 
 
 def _catalogued_liver_ml(study, volume) -> float | None:

@@ -177,11 +177,36 @@ def as_volume(image: MetaTensor, path: str | os.PathLike) -> MetaTensor:
 def load_image(path: str | os.PathLike, series_uid: str | None = None) -> MetaTensor:
     """The volume at ``path`` as ``MetaTensor[1, X, Y, Z]`` with RAS ``affine``.
 
+    ``series_uid`` picks one series of a DICOM folder: a SeriesInstanceUID, a SeriesNumber, or
+    ``none`` for the series without a UID (``readers.find_series``).
     ``meta`` holds ``spacing`` (mm per axis), ``axcodes`` (e.g. 'LPS'), ``source`` (the path),
-    ``format``, ``modality`` (from DICOM, else '') and ``series_uid`` for DICOM.
+    ``format``, ``modality`` (from DICOM, else '') and ``series_uid``, ``series_number``,
+    ``series_description`` for DICOM.
     Raises ``InputError`` naming the file and the problem for anything unusable.
     """
     return as_volume(read_volume(path, series_uid), path)
+
+
+def volume_from_array(array, affine, source: str = "<array>", modality: str = "") -> MetaTensor:
+    """An in-memory volume (``[X, Y, Z]`` or ``[1, X, Y, Z]``, voxel axes of the RAS ``affine``,
+    as nibabel gives them) as ``load_image`` would return it, with the same checks (3-D, finite)."""
+    plain = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if plain.ndim == 4 and plain.shape[0] == 1:
+        plain = plain[0]
+    if affine is None:
+        raise InputError(source, "an affine (4x4, voxel -> RAS mm) is needed with an array")
+    matrix = np.asarray(torch.as_tensor(affine).detach().cpu() if isinstance(affine, torch.Tensor) else affine,
+                        dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+        raise InputError(source, f"affine must be a finite, invertible 4x4 matrix, got shape {matrix.shape}")
+    if plain.dtype.kind not in "biuf":
+        raise InputError(source, f"array of dtype {plain.dtype} is not a numeric volume")
+    _check_finite(plain, Path(source))
+    meta = {MetaKeys.AFFINE: matrix.copy(), MetaKeys.ORIGINAL_AFFINE: matrix.copy(),
+            MetaKeys.SPACE: "RAS", "format": "array", "dtype": str(plain.dtype), "modality": modality,
+            ImageMetaKey.FILENAME_OR_OBJ: source}
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(plain, dtype=np.float32)), meta=meta)
+    return as_volume(image, source)
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -230,14 +255,20 @@ def match_label_to_image(
 
 
 class LoadVolumed(MapTransform):
-    """Dictionary transform around :func:`load_image` for MONAI pipelines and bundles."""
+    """Dictionary transform around :func:`load_image` for MONAI pipelines and bundles.
 
-    def __init__(self, keys, series_uid: str | None = None, allow_missing_keys: bool = False):
+    The series of a DICOM folder: the item's ``series_key`` entry when it has one (a datalist of a
+    multi-series folder gives one item per series), else ``series_uid``."""
+
+    def __init__(self, keys, series_uid: str | None = None, series_key: str = "series",
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.series_uid = series_uid
+        self.series_uid = None if series_uid is None else str(series_uid)
+        self.series_key = series_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        series = d.get(self.series_key, self.series_uid)
         for key in self.key_iterator(d):
-            d[key] = load_image(d[key], series_uid=self.series_uid)
+            d[key] = load_image(d[key], series_uid=series)
         return d

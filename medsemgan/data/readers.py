@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from medsemgan.errors import InputError
 TAG_MODALITY = "0008|0060"
 TAG_SERIES_UID = "0020|000e"
 TAG_SERIES_DESCRIPTION = "0008|103e"
+TAG_SERIES_NUMBER = "0020|0011"
+TAG_IMAGE_TYPE = "0008|0008"
+TAG_POSITION = "0020|0032"
 
 SITK_FILE_SUFFIXES = (".dcm", ".dicom", ".ima", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -49,75 +53,183 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 @dataclass
 class DicomSeries:
-    uid: str
+    """One DICOM series of a folder, described from the headers of its first two files."""
+
+    uid: str  # SeriesInstanceUID; '' when the files carry none (TotalSegmentator's example)
     files: list[str]
     modality: str = ""
     description: str = ""
+    number: int | None = None  # SeriesNumber
+    image_type: str = ""  # ImageType, e.g. 'ORIGINAL\\PRIMARY\\AXIAL' or '...\\LOCALIZER'
+    size: tuple[int, ...] = ()  # columns, rows (and frames of a multi-frame file), as in the header
+    spacing: tuple[float, ...] = ()  # mm: along a row, down a column, between slices
+    orientation: str = ""  # plane of the slices: axial, coronal, sagittal or oblique
+
+    @property
+    def key(self) -> str:
+        """What ``--series`` accepts to pick this series: its UID, or ``none`` when it has none."""
+        return self.uid or NO_UID_KEY
+
+    @property
+    def slices(self) -> int:
+        """Slices of the volume: files, or the frames of a single multi-frame file."""
+        if len(self.files) == 1 and len(self.size) > 2:
+            return int(self.size[2])
+        return len(self.files)
+
+    def volume_problem(self) -> str | None:
+        """Why this series is no CT/MR image volume (``None`` when it is one): the rule
+        ``medsemgan segment`` uses to choose the series of a multi-series folder."""
+        if self.modality.upper() not in ("CT", "MR"):
+            return f"modality {self.modality or 'unknown'!r} is not CT or MR"
+        if any(word in self.image_type.upper() for word in LOCALIZER_WORDS):
+            return f"a localizer (ImageType {self.image_type})"
+        if self.slices < MIN_VOLUME_SLICES:
+            return f"{self.slices} slice{'s' if self.slices != 1 else ''} (a volume needs {MIN_VOLUME_SLICES})"
+        return None
+
+    def label(self) -> str:
+        """One line naming the series for messages, e.g. ``#2 'CT Body' CT 20 slices UID 1.2.3``."""
+        number = f"#{self.number}" if self.number is not None else "no number"
+        description = f" {self.description!r}" if self.description else ""
+        uid = f"UID {self.uid}" if self.uid else f"no UID (--series {NO_UID_KEY})"
+        return f"{number}{description} {self.modality or '?'} {self.slices} slices {uid}"
 
     def summary(self) -> dict[str, Any]:
         return {
             "uid": self.uid,
-            "slices": len(self.files),
-            "modality": self.modality,
+            "uid_text": self.uid or "no UID",
+            "select": self.key,
+            "number": self.number,
             "description": self.description,
+            "modality": self.modality,
+            "slices": self.slices,
+            "size": list(self.size[:2]) + [self.slices] if self.size else [],
+            "spacing": [round(v, 4) for v in self.spacing],
+            "orientation": self.orientation,
+            "image_type": self.image_type,
+            "volume": self.volume_problem() is None,
         }
 
 
-def _header_tags(filename: str, tags: Sequence[str]) -> dict[str, str]:
+# The words of ImageType that mark a scout / topogram, not an image volume.
+LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM")
+MIN_VOLUME_SLICES = 3
+NO_UID_KEY = "none"
+NO_UID_WORDS = ("none", "no uid", "no-uid", "nouid", "")
+
+
+def _header_info(filename: str, tags: Sequence[str]) -> tuple[dict[str, str], sitk.ImageFileReader | None]:
+    """The ``tags`` present in a file's header, and the reader holding its geometry (or None)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(filename)
     reader.LoadPrivateTagsOff()
     try:
-        reader.ReadImageInformation()
+        _quiet(reader.ReadImageInformation)
     except RuntimeError:
-        return {}
-    return {tag: reader.GetMetaData(tag).strip() for tag in tags if reader.HasMetaDataKey(tag)}
+        return {}, None
+    return {tag: reader.GetMetaData(tag).strip() for tag in tags if reader.HasMetaDataKey(tag)}, reader
+
+
+def _header_tags(filename: str, tags: Sequence[str]) -> dict[str, str]:
+    return _header_info(filename, tags)[0]
+
+
+def _plane(normal: np.ndarray) -> str:
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.8:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _describe_series(uid: str, files: list[str]) -> DicomSeries:
+    tags, reader = _header_info(files[0], (TAG_MODALITY, TAG_SERIES_DESCRIPTION, TAG_SERIES_NUMBER,
+                                           TAG_IMAGE_TYPE, TAG_POSITION))
+    series = DicomSeries(uid=uid, files=files, modality=tags.get(TAG_MODALITY, ""),
+                         description=tags.get(TAG_SERIES_DESCRIPTION, ""),
+                         image_type=tags.get(TAG_IMAGE_TYPE, ""))
+    try:
+        series.number = int(float(tags[TAG_SERIES_NUMBER]))
+    except (KeyError, ValueError):
+        series.number = None
+    if reader is None:
+        return series
+    size = tuple(int(n) for n in reader.GetSize())
+    spacing = [float(v) for v in reader.GetSpacing()]
+    dim = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    normal = direction[:, 2] if dim == 3 else np.array([0.0, 0.0, 1.0])
+    series.size = size if len(size) > 2 and size[2] > 1 else size[:2]
+    series.orientation = _plane(normal)
+    if len(files) > 1 and TAG_POSITION in tags:  # between slices: from the first two positions
+        second = _header_tags(files[1], (TAG_POSITION,))
+        try:
+            first_pos = np.array([float(v) for v in tags[TAG_POSITION].split("\\")])
+            second_pos = np.array([float(v) for v in second[TAG_POSITION].split("\\")])
+            spacing = spacing[:2] + [float(abs((second_pos - first_pos) @ normal))]
+        except (KeyError, ValueError):
+            pass
+    series.spacing = tuple(spacing[:3])
+    return series
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     """Every DICOM series directly inside ``folder``, split by SeriesInstanceUID.
 
     GDCM sorts each series' files by position along the slice normal, so ``files[0]`` is the first
-    slice of the volume SimpleITK builds.
+    slice of the volume SimpleITK builds. Files without a SeriesInstanceUID form one series with
+    ``uid == ''`` (GDCM's file list for '' is "the first series", so it is checked to hold none of
+    the other series' files).
     """
     folder = os.fspath(folder)
     series_reader = sitk.ImageSeriesReader()
     # GDCM warns on stderr for folders without DICOM; the caller reports that case itself
     uids = _quiet(lambda: series_reader.GetGDCMSeriesIDs(folder))
-    found = []
-    for uid in uids:
-        files = list(series_reader.GetGDCMSeriesFileNames(folder, uid))
-        if not files:
-            continue
-        tags = _header_tags(files[0], (TAG_MODALITY, TAG_SERIES_DESCRIPTION))
-        found.append(
-            DicomSeries(
-                uid=uid,
-                files=files,
-                modality=tags.get(TAG_MODALITY, ""),
-                description=tags.get(TAG_SERIES_DESCRIPTION, ""),
-            )
-        )
-    return found
+    listed = {uid: list(_quiet(lambda: series_reader.GetGDCMSeriesFileNames(folder, uid))) for uid in uids}
+    if "" in listed:
+        others = {name for uid, names in listed.items() if uid for name in names}
+        listed[""] = [name for name in listed[""] if name not in others]
+    return [_describe_series(uid, files) for uid, files in listed.items() if files]
+
+
+def find_series(series: Sequence[DicomSeries], choice: str) -> list[DicomSeries]:
+    """The series that ``choice`` names: a SeriesInstanceUID, ``none`` (the series without a UID),
+    or a SeriesNumber; empty when none does."""
+    choice = str(choice).strip()
+    by_uid = [s for s in series if s.uid and s.uid == choice]
+    if by_uid:
+        return by_uid
+    if choice.lower() in NO_UID_WORDS:
+        return [s for s in series if not s.uid]
+    if re.fullmatch(r"[+-]?\d+", choice):
+        return [s for s in series if s.number == int(choice)]
+    return []
+
+
+def series_listing(series: Sequence[DicomSeries]) -> str:
+    return "; ".join(s.label() for s in series)
 
 
 def select_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomSeries:
-    """The one series to read from ``folder``; an error listing them when the choice is ambiguous."""
+    """The one series to read from ``folder``: the one ``series_uid`` names (a UID, a
+    SeriesNumber, or ``none`` for the series without a UID: ``find_series``), or the only one;
+    an error listing them when the choice is missing or ambiguous."""
     series = list_dicom_series(folder)
     if not series:
         raise InputError(folder, "no DICOM series found in this folder")
     if series_uid is not None:
-        for candidate in series:
-            if candidate.uid == series_uid:
-                return candidate
-        listing = ", ".join(repr(s.uid) for s in series)
-        raise InputError(folder, f"series {series_uid!r} not found; the folder holds: {listing}")
+        chosen = find_series(series, series_uid)
+        if len(chosen) == 1:
+            return chosen[0]
+        if chosen:
+            raise InputError(folder, f"series {series_uid!r} is ambiguous ({len(chosen)} series have that "
+                                     f"number); pick one by UID: {series_listing(chosen)}")
+        raise InputError(folder, f"series {series_uid!r} not found; the folder holds: {series_listing(series)}")
     if len(series) > 1:
-        listing = "; ".join(f"{s.uid} ({len(s.files)} files)" for s in series)
         raise InputError(
             folder,
-            f"holds {len(series)} DICOM series, choose one with its SeriesInstanceUID "
-            f"(--series UID): {listing}",
+            f"holds {len(series)} DICOM series, choose one with --series UID|NUMBER|none: "
+            f"{series_listing(series)}",
         )
     return series[0]
 
@@ -148,8 +260,9 @@ class SitkVolume:
 class SimpleITKReader(ImageReader):
     """DICOM series folders, single DICOM files and NRRD/MHA through SimpleITK.
 
-    A folder is read as one DICOM series: several series in it raise ``InputError`` listing their
-    UIDs unless ``series_uid`` picks one (MONAI's PydicomReader would stack them silently).
+    A folder is read as one DICOM series: several series in it raise ``InputError`` listing them
+    unless ``series_uid`` picks one (a UID, a SeriesNumber or ``none``: ``find_series``); MONAI's
+    PydicomReader would stack them silently.
     """
 
     def __init__(self, series_uid: str | None = None):
@@ -178,7 +291,9 @@ class SimpleITKReader(ImageReader):
             reader.MetaDataDictionaryArrayUpdateOn()
             image = _execute(lambda: _quiet(reader.Execute), path)
             _check_even_spacing(reader, image, series, path)
-            tags = {TAG_MODALITY: series.modality, TAG_SERIES_UID: series.uid}
+            tags = {TAG_MODALITY: series.modality, TAG_SERIES_UID: series.uid,
+                    TAG_SERIES_NUMBER: "" if series.number is None else str(series.number),
+                    TAG_SERIES_DESCRIPTION: series.description}
             return SitkVolume(image, path, "dicom-series", series=series, tags=tags)
         image = _execute(lambda: sitk.ReadImage(path), path)
         is_dicom = is_dicom_file(path)
@@ -224,6 +339,8 @@ def sitk_to_monai(volume: SitkVolume) -> tuple[np.ndarray, dict]:
         "format": volume.format,
         "modality": volume.tags.get(TAG_MODALITY, ""),
         "series_uid": volume.tags.get(TAG_SERIES_UID, ""),
+        "series_number": volume.tags.get(TAG_SERIES_NUMBER, ""),
+        "series_description": volume.tags.get(TAG_SERIES_DESCRIPTION, ""),
     }
     return array, meta
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ from medsemgan.inference.writers import write_json, write_mask, write_probabilit
 log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NNUNET_CHANNEL = "_0000"  # nnU-Net's channel suffix: case_0000.nii.gz is case 'case'
+MASK_SUFFIXES = (".nii.gz", ".nii")  # an -o ending so names one mask file
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -188,7 +191,7 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     ``recon_mse`` / ``structure_error`` / ``objective`` / ``steps_run`` per slice (model-space
     order: inferior to superior), their means, the out-of-domain verdict (``ood_signal``,
     ``ood_score``, ``ood_threshold``, ``out_of_domain``; ``medsemgan.inference.ood``),
-    ``modality``, ``seconds``.
+    ``modality``, ``liver_voxels``, ``liver_volume_ml``, ``seconds``.
     """
     options = options or SegmentOptions()
     started = time.perf_counter()
@@ -222,6 +225,7 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "mean_objective": float(objective.mean()),
         **verdict,
         "liver_voxels": int(mask.sum()),
+        "liver_volume_ml": liver_volume_ml(mask, image.affine),
         "seconds": time.perf_counter() - started,
     }
     if extras["out_of_domain"]:
@@ -241,32 +245,58 @@ def _is_volume_file(path: Path) -> bool:
 def _has_dicom_files(folder: Path) -> bool:
     from medsemgan.data.readers import is_dicom_file
 
-    return any(p.is_file() and (is_dicom_file(p) or p.suffix.lower() == ".dcm") for p in folder.iterdir())
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    return any(p.is_file() and (is_dicom_file(p) or p.suffix.lower() == ".dcm") for p in entries)
 
 
 def case_name(path: Path) -> str:
+    """The case a file stands for: its name less the volume suffix and nnU-Net's ``_0000``
+    channel suffix (``liver_003_0000.nii.gz`` -> ``liver_003``)."""
     name = path.name
     for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            name = name[: -len(suffix)]
+            break
+    return name[: -len(NNUNET_CHANNEL)] if name.endswith(NNUNET_CHANNEL) and len(name) > len(NNUNET_CHANNEL) else name
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
 
 
 def find_studies(root: str | os.PathLike) -> list[tuple[str, Path]]:
     """``[(case, path)]``: ``root`` itself when it is a volume file or a DICOM series folder;
     otherwise every volume file and every folder holding DICOM files below it (case names join
-    the relative folder names with '_')."""
+    the relative folder names with '_').
+
+    Symbolic links to folders are followed; a folder reached twice (a link cycle, or two links to
+    one study) is visited once, under the first name found."""
     root = Path(root)
     if not root.exists():
-        raise InputError(root, "does not exist")
+        raise InputError(root, "does not exist" + (" (a broken symbolic link)" if root.is_symlink() else ""))
     if root.is_file():
         return [(case_name(root), root)]
     if _has_dicom_files(root):
         return [(root.name, root)]
     studies: list[tuple[str, Path]] = []
-    for folder, dirs, files in os.walk(root):
+    visited: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
         here = Path(folder)
+        real = os.path.realpath(here)
+        if real in visited:
+            log.debug("%s: already visited as %s (symbolic link), not read again", here, real)
+            dirs[:] = []
+            continue
+        visited.add(real)
         if here != root and _has_dicom_files(here):
             studies.append(("_".join(here.relative_to(root).parts), here))
             dirs[:] = []  # a DICOM folder is one study; do not look inside it again
@@ -277,12 +307,74 @@ def find_studies(root: str | os.PathLike) -> list[tuple[str, Path]]:
                 studies.append(("_".join((*rel.parts[:-1], case_name(rel))), here / name))
     if not studies:
         raise InputError(root, "no studies found: expected NIfTI/NRRD files or DICOM series folders")
-    seen: dict[str, int] = {}
-    unique = []
-    for case, path in studies:
-        seen[case] = seen.get(case, 0) + 1
-        unique.append((case if seen[case] == 1 else f"{case}_{seen[case]}", path))
-    return unique
+    return list(zip(_unique([case for case, _ in studies]), [path for _, path in studies]))
+
+
+@dataclass
+class Case:
+    """One volume to segment: a file, or one series of a DICOM folder (``series``: what
+    ``load_image(path, series)`` takes; None when the folder holds one series)."""
+
+    name: str
+    path: Path
+    series: str | None = None
+    error: str | None = None  # why it cannot be segmented, known before loading
+
+
+def _series_tag(series, index: int) -> str:
+    parts = [] if series.number is None else [f"s{series.number}"]
+    slug = re.sub(r"[^A-Za-z0-9-]+", "_", series.description).strip("_")[:40]
+    if slug:
+        parts.append(slug)
+    return "_".join(parts) or f"series{index + 1}"
+
+
+def find_cases(root: str | os.PathLike, series: str | None = None) -> tuple[list[Case], list[dict]]:
+    """``(cases, skipped)``: the studies of ``find_studies``, with DICOM folders of several series
+    split by the rule of ``medsemgan segment`` (docs/inference.md):
+
+    * ``series`` given (a UID, a SeriesNumber or ``none``): that series of every DICOM folder;
+      a folder without it is skipped.
+    * otherwise every series that is a CT/MR image volume (not a localizer, not SEG/SR/..., at
+      least 3 slices) is its own case, named ``<study>_s<number>_<description>``; the other series
+      are skipped. When only one series is a volume, the case keeps the study's name.
+
+    ``skipped``: ``{"case", "input", "series", "reason"}`` per series or folder left out.
+    """
+    from medsemgan.data.readers import find_series, list_dicom_series, series_listing
+
+    cases: list[Case] = []
+    skipped: list[dict] = []
+    for name, path in find_studies(root):
+        if not path.is_dir():
+            cases.append(Case(name, path))
+            continue
+        listed = list_dicom_series(path)
+        if series is not None:
+            if find_series(listed, series) or not listed:
+                cases.append(Case(name, path, series))
+            else:
+                skipped.append({"case": name, "input": str(path), "series": series,
+                                "reason": f"holds no series {series!r}: {series_listing(listed)}"})
+            continue
+        if len(listed) <= 1:
+            cases.append(Case(name, path))
+            continue
+        volumes = [s for s in listed if s.volume_problem() is None]
+        for s in listed:
+            if s.volume_problem() is not None:
+                skipped.append({"case": name, "input": str(path), "series": s.key,
+                                "reason": f"series {s.label()}: {s.volume_problem()}"})
+        if not volumes:
+            cases.append(Case(name, path, error=f"holds {len(listed)} DICOM series and none is a CT/MR volume "
+                                                f"(choose one with --series UID|NUMBER|none): {series_listing(listed)}"))
+        elif len(volumes) == 1:
+            cases.append(Case(name, path, volumes[0].key))
+        else:
+            cases.extend(Case(f"{name}_{_series_tag(s, i)}", path, s.key) for i, s in enumerate(volumes))
+    for case, unique in zip(cases, _unique([c.name for c in cases])):
+        case.name = unique
+    return cases, skipped
 
 
 # --------------------------------------------------------------------------- the verb
@@ -291,7 +383,9 @@ def find_studies(root: str | os.PathLike) -> list[tuple[str, Path]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
                         help="NIfTI/NRRD file, DICOM series folder, or a folder of such studies")
-    parser.add_argument("-o", "--output", required=True, help="output folder: OUT/<case>.nii.gz")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (OUT/<case>.nii.gz), or with one input case a mask file "
+                             "name ending .nii.gz/.nii")
     parser.add_argument("--bundle", default=None,
                         help="bundle folder with models/generator.pt and models/encoder.pt "
                              "(default: bundles/medsemgan_liver)")
@@ -299,10 +393,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default=None, help="encoder weights (instead of the bundle's)")
     parser.add_argument("--config", default=None,
                         help="model configuration name or YAML (default: the bundle's, else cpu128)")
+    parser.add_argument("--method", choices=["gan", "unet"], default="gan",
+                        help="gan: the generator + encoder (+ test-time optimisation), default; unet: a "
+                             "supervised U-Net baseline (--unet-weights) through the same geometry path")
+    parser.add_argument("--unet-weights", default=None, metavar="FILE",
+                        help="U-Net weights written by `medsemgan train unet` (with its .json sidecar)")
+    parser.add_argument("--series", default=None, metavar="UID|NUMBER|none",
+                        help="the DICOM series to segment: SeriesInstanceUID, SeriesNumber, or 'none' "
+                             "for the series without a UID (default: every CT/MR volume series of a "
+                             "multi-series folder, each its own case)")
     parser.add_argument("--steps", type=int, default=None,
                         help="test-time optimisation steps K (default: the configuration's)")
     parser.add_argument("--encoder-only", action="store_true", help="no optimisation (K = 0): fastest")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=None, help="slices optimised together")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same input + seed -> same mask)")
     parser.add_argument("--optimize-noise", action=argparse.BooleanOptionalAction, default=None,
@@ -312,6 +416,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the modality (NIfTI/NRRD files do not record it)")
     parser.add_argument("--save-prob", action="store_true",
                         help="also write OUT/<case>_prob.nii.gz (float32 liver probability)")
+    parser.add_argument("--preview", action="store_true",
+                        help="also write OUT/<case>_overlay.png (axial slices with the mask's contour)")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="skip cases whose outputs all exist already")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -327,50 +435,161 @@ def load_model(args: argparse.Namespace) -> SegmentationModel:
     return SegmentationModel.from_bundle(args.bundle, args.config)
 
 
-def run(args: argparse.Namespace) -> int:
-    studies = find_studies(args.input)
-    device = resolve_device(args.device)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps is not None and args.steps < 0:
-        raise InputError(None, f"--steps must be >= 0, got {args.steps}")
+def liver_volume_ml(mask: torch.Tensor, affine: torch.Tensor | np.ndarray) -> float:
+    """Liver volume in millilitres: voxels x |det(affine)| mm^3 / 1000."""
+    voxel_mm3 = abs(float(np.linalg.det(np.asarray(torch.as_tensor(affine), dtype=np.float64)[:3, :3])))
+    return round(int((torch.as_tensor(mask) > 0).sum()) * voxel_mm3 / 1000.0, 3)
+
+
+def series_record(image: MetaTensor) -> dict[str, Any]:
+    """The DICOM series a volume came from (empty for files that are not DICOM series)."""
+    meta = image.meta
+    if meta.get("format") != "dicom-series":
+        return {}
+    number = str(meta.get("series_number", "") or "")
+    return {"series_uid": str(meta.get("series_uid", "")),
+            "series_number": int(number) if number.lstrip("+-").isdigit() else None,
+            "series_description": str(meta.get("series_description", ""))}
+
+
+def output_paths(output: Path, case: str, single_file: bool, save_prob: bool, preview: bool) -> dict[str, Path]:
+    """Where a case's outputs go: ``OUT/<case>.nii.gz`` (+ ``.json``, ``_prob.nii.gz``,
+    ``_overlay.png``), or with a mask file name ``-o mask.nii.gz`` beside it: ``mask.json``,
+    ``mask_prob.nii.gz``, ``mask_overlay.png``."""
+    if single_file:
+        stem = output.name[: -len(next(s for s in MASK_SUFFIXES if output.name.lower().endswith(s)))]
+        folder, ext = output.parent, output.name[len(stem):]
+    else:
+        stem, folder, ext = case, output, ".nii.gz"
+    paths = {"mask": folder / f"{stem}{ext}", "json": folder / f"{stem}.json"}
+    if save_prob:
+        paths["probability"] = folder / f"{stem}_prob{ext}"
+    if preview:
+        paths["preview"] = folder / f"{stem}_overlay.png"
+    return paths
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name, low in (("batch_size", 1), ("steps", 0), ("threads", 1)):
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise InputError(None, f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    method = getattr(args, "method", "gan")
+    if method == "unet" and not args.unet_weights:
+        raise InputError(None, "--method unet needs --unet-weights FILE (from `medsemgan train unet`)")
+    if method != "unet" and getattr(args, "unet_weights", None):
+        raise InputError(None, "--unet-weights is for --method unet")
+
+
+def _segmenter(args: argparse.Namespace, device: torch.device, options: SegmentOptions):
+    """``(image -> (mask, extras))`` for the chosen method."""
+    if getattr(args, "method", "gan") == "unet":
+        from medsemgan.inference.unet import UNetSegmenter, segment_volume_unet
+
+        unet = UNetSegmenter.from_file(args.unet_weights).to(device)
+        return lambda image: segment_volume_unet(image, unet, options.modality, options.batch_size or 32,
+                                                 options.threshold, save_prob=options.save_prob)
     model = load_model(args).to(device)
+    return lambda image: segment_volume(image, model, options)
+
+
+def segment_case(case: Case, segmenter, paths: dict[str, Path]) -> dict[str, Any]:
+    """Load, segment and write one case; every file written for it is removed when any step fails
+    (each write is atomic, so no half-written file is ever seen either)."""
+    from medsemgan.data.io import load_image
+    from medsemgan.inference.overlay import overlay_png
+
+    if case.error:
+        raise InputError(case.path, case.error)
+    written: list[Path] = []
+    try:
+        image = load_image(case.path, case.series)
+        mask, extras = segmenter(image)
+        written.append(write_mask(mask, paths["mask"]))
+        if "probability" in paths:
+            written.append(write_probability(extras.pop("probability"), paths["probability"]))
+        extras.pop("probability", None)
+        if "preview" in paths:
+            title = f"{case.name}  {extras['modality']}  liver {extras['liver_volume_ml']:.0f} mL"
+            written.append(overlay_png(image, extras["modality"], mask, paths["preview"], title=title))
+        record = {"case": case.name, "input": str(case.path), **series_record(image), **extras,
+                  "outputs": {k: str(v) for k, v in paths.items() if k != "json"}}
+        written.append(write_json(record, paths["json"]))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return extras
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    cases, skipped = find_cases(args.input, getattr(args, "series", None))
+    if not cases:
+        reasons = "; ".join(f"{s['input']}: {s['reason']}" for s in skipped)
+        raise InputError(args.input, f"nothing to segment: {reasons}")
+    output = Path(args.output)
+    single_file = output.name.lower().endswith(MASK_SUFFIXES)
+    if single_file and len(cases) != 1:
+        raise InputError(output, f"names one mask file, but the input holds {len(cases)} cases "
+                                 f"({', '.join(c.name for c in cases[:5])}{', ...' if len(cases) > 5 else ''}); "
+                                 "give an output folder")
+    if single_file and output.is_dir():
+        raise InputError(output, "is a folder although named like a mask file")
+    if not single_file and output.exists() and not output.is_dir():
+        raise InputError(output, "output exists and is not a folder")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    preview = getattr(args, "preview", False)
+    plan = [(case, output_paths(output, case.name, single_file, args.save_prob, preview)) for case in cases]
+    if getattr(args, "resume", False):
+        for case, paths in plan:
+            if all(p.is_file() for p in paths.values()):
+                log.info("%s: outputs exist, skipped (--continue)", case.name)
+                skipped.append({"case": case.name, "input": str(case.path), "series": case.series,
+                                "reason": "outputs exist (--continue)"})
+        plan = [(case, paths) for case, paths in plan if not all(p.is_file() for p in paths.values())]
+    for entry in skipped:
+        log.info("%s: %s (skipped)", entry["input"], entry["reason"])
     options = SegmentOptions(steps=args.steps, encoder_only=args.encoder_only, batch_size=args.batch_size,
                              seed=args.seed, modality=args.modality, save_prob=args.save_prob,
                              progress=not args.no_progress,
                              optimize_noise=getattr(args, "optimize_noise", None))
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output exists and is not a folder")
+    segmenter = _segmenter(args, device, options) if plan else None
     done, failed = [], []
-    bar = tqdm(studies, desc="studies", unit="study", disable=args.no_progress or len(studies) < 2)
-    for case, path in bar:
-        bar.set_postfix_str(case)
+    bar = tqdm(plan, desc="studies", unit="study", disable=args.no_progress or len(plan) < 2)
+    for case, paths in bar:
+        bar.set_postfix_str(case.name)
         try:
-            mask, extras = segment_volume(path, model, options)
-            written = write_mask(mask, out_dir / f"{case}.nii.gz")
-            if args.save_prob:
-                write_probability(extras.pop("probability"), out_dir / f"{case}_prob.nii.gz")
-            write_json({"case": case, "input": str(path), **extras}, out_dir / f"{case}.json")
+            extras = segment_case(case, segmenter, paths)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - report every failing study and go on
-            where = err.path if isinstance(err, InputError) and err.path else str(path)
+            where = err.path if isinstance(err, InputError) and err.path else str(case.path)
             problem = err.problem if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
             log.error("%s: %s (study skipped)", where, problem)
             log.debug("traceback", exc_info=True)
-            failed.append({"case": case, "input": str(path), "error": f"{where}: {problem}"})
+            failed.append({"case": case.name, "input": str(case.path), "error": f"{where}: {problem}"})
             continue
-        log.info("%s -> %s (%.1f s, %d slices, %s from %s%s)", path, written, extras["seconds"],
-                 extras["slices"], extras["modality"], extras["modality_from"],
-                 ", OUT OF DOMAIN?" if extras["out_of_domain"] else "")
-        done.append({"case": case, "input": str(path), "output": str(written),
-                     "seconds": round(extras["seconds"], 2), "modality": extras["modality"],
-                     "mean_recon_mse": round(extras["mean_recon_mse"], 5),
-                     "mean_structure_error": round(extras["mean_structure_error"], 5),
-                     "out_of_domain": extras["out_of_domain"]})
+        log.info("%s -> %s (%.1f s, %d slices, %s from %s, liver %.1f mL%s)", case.path, paths["mask"],
+                 extras["seconds"], extras["slices"], extras["modality"], extras["modality_from"],
+                 extras["liver_volume_ml"], ", OUT OF DOMAIN?" if extras.get("out_of_domain") else "")
+        record = {"case": case.name, "input": str(case.path), "output": str(paths["mask"]),
+                  "seconds": round(extras["seconds"], 2), "modality": extras["modality"],
+                  "liver_volume_ml": extras["liver_volume_ml"]}
+        if case.series is not None:
+            record["series"] = case.series
+        if "preview" in paths:
+            record["preview"] = str(paths["preview"])
+        if "mean_recon_mse" in extras:  # the GAN's reconstruction signals (not the U-Net's)
+            record.update(mean_recon_mse=round(extras["mean_recon_mse"], 5),
+                          mean_structure_error=round(extras["mean_structure_error"], 5),
+                          out_of_domain=extras["out_of_domain"])
+        done.append(record)
     bar.close()
-    json.dump({"segmented": done, "failed": failed, "device": str(device),
+    json.dump({"segmented": done, "failed": failed, "skipped": skipped, "device": str(device),
+               "method": getattr(args, "method", "gan"),
                "options": {k: v for k, v in asdict(options).items() if k != "extra_tto"}},
               sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -98,14 +98,16 @@ def predict_slices(segmenter: torch.nn.Module, slices: torch.Tensor, batch_size:
 
 def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSegmenter,
                         modality: str | None = None, batch_size: int = 32,
-                        threshold: float = 0.5) -> tuple[MetaTensor, dict[str, Any]]:
+                        threshold: float = 0.5, save_prob: bool = False) -> tuple[MetaTensor, dict[str, Any]]:
     """Segment one volume; returns ``(mask, extras)`` like ``segment_volume``.
 
     ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
-    ``extras``: ``modality``, ``modality_from``, ``shape``, ``slices``, ``liver_voxels``, ``seconds``.
+    ``extras``: ``modality``, ``modality_from``, ``shape``, ``slices``, ``liver_voxels``,
+    ``liver_volume_ml``, ``seconds``; ``probability`` (float32 ``MetaTensor`` like ``mask``) with
+    ``save_prob``.
     """
     from medsemgan.data.slices import volume_to_slices
-    from medsemgan.inference.segment import predict_volume
+    from medsemgan.inference.segment import liver_volume_ml, predict_volume
 
     def predict(volume: MetaTensor, modality: str) -> torch.Tensor:  # one network for every modality
         prob = predict_slices(segmenter, volume_to_slices(volume), batch_size)  # [Z,1,S,S]
@@ -116,11 +118,15 @@ def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSe
     image = predicted.image
     # The inverse transforms recompute the affine in floating point; the input's own is exact.
     mask = MetaTensor((predicted.probability > threshold).to(torch.uint8), affine=image.affine.clone())
-    return mask, {
+    extras = {
         "modality": predicted.modality,
         "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
         "slices": predicted.slices,
         "liver_voxels": int(mask.sum()),
+        "liver_volume_ml": liver_volume_ml(mask, image.affine),
         "seconds": time.perf_counter() - started,
     }
+    if save_prob:
+        extras["probability"] = MetaTensor(predicted.probability.clamp(0, 1), affine=image.affine.clone())
+    return mask, extras

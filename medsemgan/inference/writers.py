@@ -35,10 +35,10 @@ def _spatial(volume: torch.Tensor | np.ndarray) -> np.ndarray:
     return array
 
 
-def write_nifti(volume: torch.Tensor | np.ndarray, path: str | os.PathLike,
-                affine: np.ndarray | torch.Tensor | None = None, dtype=np.uint8) -> Path:
-    """Write ``volume`` (``[X, Y, Z]`` or ``[1, X, Y, Z]``) with ``affine`` (default: the
-    MetaTensor's own) as both sform and qform, so every reader sees the same geometry."""
+def nifti_image(volume: torch.Tensor | np.ndarray, affine: np.ndarray | torch.Tensor | None = None,
+                dtype=np.uint8) -> nib.Nifti1Image:
+    """``volume`` (``[X, Y, Z]`` or ``[1, X, Y, Z]``) as a NIfTI image with ``affine`` (default:
+    the MetaTensor's own) as both sform and qform, so every reader sees the same geometry."""
     array = _spatial(volume).astype(dtype, copy=False)
     matrix = _affine(volume, affine)
     image = nib.Nifti1Image(array, matrix)
@@ -47,6 +47,13 @@ def write_nifti(volume: torch.Tensor | np.ndarray, path: str | os.PathLike,
     image.header.set_data_dtype(dtype)
     if np.issubdtype(np.dtype(dtype), np.integer):
         image.header["scl_slope"], image.header["scl_inter"] = 1.0, 0.0
+    return image
+
+
+def write_nifti(volume: torch.Tensor | np.ndarray, path: str | os.PathLike,
+                affine: np.ndarray | torch.Tensor | None = None, dtype=np.uint8) -> Path:
+    """Write ``nifti_image(volume, affine, dtype)`` to ``path`` (atomically)."""
+    image = nifti_image(volume, affine, dtype)
     path = Path(path)
     with atomic_path(path) as tmp:
         nib.save(image, tmp)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 import torch.nn.functional as F
 
@@ -68,3 +71,37 @@ def target_slices(tiny_models):
     with torch.no_grad():
         images, labels = G(torch.randn(5, G.w_dim))
     return images
+
+
+TINY = {
+    "model": {"resolution": 32, "generator": {"z_dim": 32, "w_dim": 32, "channel_base": 256,
+                                              "channel_max": 32, "mapping_layers": 2}},
+    "encoder": {"channels": [8, 16, 16], "fpn_channels": 16, "head_channels": 8},
+    "inference": {"steps": 2, "lr": 0.05, "batch_size": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """A tiny random generator + encoder saved as a bundle (read-only use)."""
+    from medsemgan.inference.model import SegmentationModel
+
+    folder = tmp_path_factory.mktemp("bundle")
+    torch.manual_seed(0)
+    SegmentationModel.build(TINY).save(folder)
+    (folder / "configs").mkdir()
+    (folder / "configs" / "model.yaml").write_text(yaml.safe_dump(TINY))
+    return folder
+
+
+@pytest.fixture
+def small_nifti(tmp_path):
+    """A CT-like volume (HU, with air) that needs no shared data."""
+    rng = np.random.default_rng(0)
+    data = np.full((40, 36, 5), -1000.0, np.float32)
+    data[5:35, 4:32] = 40 + 20 * rng.standard_normal((30, 28, 5))
+    affine = np.array([[-0.8, 0, 0, 10], [0, 0.8, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
+    path = tmp_path / "inputs" / "phantom.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path

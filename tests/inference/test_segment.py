@@ -7,7 +7,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from medsemgan.cli import main
 from medsemgan.errors import InputError
@@ -15,37 +14,6 @@ from medsemgan.inference.inferer import TTOInferer
 from medsemgan.inference.model import SegmentationModel
 from medsemgan.inference.segment import SegmentOptions, find_studies, segment_volume
 from medsemgan.inference.tto import TTOOptions
-
-TINY = {
-    "model": {"resolution": 32, "generator": {"z_dim": 32, "w_dim": 32, "channel_base": 256,
-                                              "channel_max": 32, "mapping_layers": 2}},
-    "encoder": {"channels": [8, 16, 16], "fpn_channels": 16, "head_channels": 8},
-    "inference": {"steps": 2, "lr": 0.05, "batch_size": 16},
-}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    SegmentationModel.build(TINY).save(folder)
-    (folder / "configs").mkdir()
-    (folder / "configs" / "model.yaml").write_text(yaml.safe_dump(TINY))
-    return folder
-
-
-@pytest.fixture
-def small_nifti(tmp_path):
-    """A CT-like volume (HU, with air) that needs no shared data."""
-    rng = np.random.default_rng(0)
-    data = np.full((40, 36, 5), -1000.0, np.float32)
-    data[5:35, 4:32] = 40 + 20 * rng.standard_normal((30, 28, 5))
-    affine = np.array([[-0.8, 0, 0, 10], [0, 0.8, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
-    path = tmp_path / "inputs" / "phantom.nii.gz"
-    path.parent.mkdir()
-    nib.save(nib.Nifti1Image(data, affine), path)
-    return path
-
 
 def _segment(bundle, inp, out, *extra):
     return main(["segment", "-i", str(inp), "-o", str(out), "--bundle", str(bundle), "--no-progress", *extra])

@@ -1,6 +1,11 @@
-"""PNG overlays for the demo: a few axial slices, the predicted mask's contour and the label's.
+"""The one overlay module: PNG previews of a mask (and a label) on the image.
 
-Slices are shown in the radiological view every model input uses (canonical orientation
+``overlay_png`` draws a few axial slices of a volume with the predicted mask's contour (red) and the
+label's (green): ``medsemgan segment --preview``, the demo and ``medsemgan.api`` write it.
+``contour`` and ``paint_contours`` are the drawing primitives for 2-D model-space slices (the
+report's best/median/worst panels are the same picture of one slice).
+
+Volume slices are shown in the radiological view every model input uses (canonical orientation
 ``CANONICAL_AXCODES``: anterior up, the patient's right on the image's left), with the CT window or
 the MRI percentile normalisation of the preprocessing, at the study's physical aspect ratio.
 """
@@ -54,8 +59,19 @@ def pick_slices(mask: np.ndarray, reference: np.ndarray | None, count: int) -> l
     return sorted({int(pool[int(round(p))]) for p in positions})
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
+def contour(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel outline of a 2-D binary mask (mask pixels with a 4-neighbour outside it)."""
+    mask = np.asarray(mask, dtype=bool)
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def paint_contours(rgb: np.ndarray, masks: Sequence[tuple[np.ndarray | None, tuple[int, int, int]]]) -> np.ndarray:
+    """Draw each ``(mask, colour)``'s outline into ``rgb`` (``[H, W, 3]`` uint8, in place), in
+    order: a later mask's line lies on top where two coincide. ``None`` masks are skipped."""
+    for mask, colour in masks:
+        if mask is not None:
+            rgb[contour(mask)] = colour
+    return rgb
 
 
 def overlay_png(image: MetaTensor, modality: str, pred: torch.Tensor, path: str | os.PathLike,
@@ -80,12 +96,13 @@ def overlay_png(image: MetaTensor, modality: str, pred: torch.Tensor, path: str 
     tiles = []
     for k in indices:
         tile = Image.fromarray(grey[:, :, k].astype(np.uint8)).resize((width, height), Image.BILINEAR).convert("RGB")
-        rgb = np.asarray(tile).copy()
-        for mask, colour in ((label_c, LABEL_COLOUR), (pred_c, PRED_COLOUR)):
+        def resized(mask):
             if mask is None:
-                continue
-            big = np.asarray(Image.fromarray(mask[:, :, k].astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
-            rgb[_contour(big)] = colour
+                return None
+            big = Image.fromarray(mask[:, :, k].astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+            return np.asarray(big) > 127
+
+        rgb = paint_contours(np.asarray(tile).copy(), ((resized(label_c), LABEL_COLOUR), (resized(pred_c), PRED_COLOUR)))
         tiles.append((k, Image.fromarray(rgb)))
     canvas = Image.new("RGB", (len(tiles) * (width + GAP) - GAP if tiles else width, height + 2 * HEADER), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
