@@ -43,6 +43,10 @@ def labeled_datalist(dataset_dir: str | os.PathLike, studies: list[str] | str | 
     from medsemgan.inference.segment import find_studies
 
     root = Path(dataset_dir)
+    from medsemgan.data.datalist import bundle_items, is_dataset
+
+    if is_dataset(root) and (root.is_file() or (root / "dataset.json").is_file()):
+        return bundle_items(root, labeled=True)  # own data: MSD/nnU-Net dataset.json, MONAI datalist JSON
     if not root.is_dir():
         raise InputError(root, "dataset folder does not exist")
     images, labels = _paired_folder(root, IMAGE_FOLDERS), _paired_folder(root, LABEL_FOLDERS)

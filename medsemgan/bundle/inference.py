@@ -35,6 +35,10 @@ def study_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
 
     if dataset_dir is None:
         raise InputError(None, "no --dataset_dir given (a study file or a folder of studies)")
+    from medsemgan.data.datalist import bundle_items, is_dataset
+
+    if is_dataset(dataset_dir):
+        return bundle_items(dataset_dir, labeled=False)  # own data: MSD/nnU-Net folder, MONAI datalist
     return [{"image": str(path), "image_path": str(path), "case": case}
             for case, path in find_studies(dataset_dir)]
 

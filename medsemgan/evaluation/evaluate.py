@@ -159,6 +159,8 @@ def binarise(array: np.ndarray, label: int | None) -> np.ndarray:
         return array != 0
     if np.issubdtype(array.dtype, np.floating):
         array = np.rint(array)
+    if isinstance(label, (tuple, list)):  # several values (own data's --label 1,2)
+        return np.isin(array, label)
     return array == label
 
 
@@ -244,7 +246,12 @@ def format_summary(summary: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, type=Path, help="predicted mask file or folder")
-    parser.add_argument("--gt", required=True, type=Path, help="ground-truth mask file or folder")
+    parser.add_argument("--gt", type=Path, help="ground-truth mask file or folder")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="instead of --gt: your dataset (MSD/nnU-Net folder or MONAI datalist JSON); its "
+                             "labeled test cases (else every labeled case) are the ground truth")
+    parser.add_argument("--label", default=None,
+                        help="with --data: the liver's value in its label files (default 1; several as 1,2)")
     parser.add_argument("--out", type=Path, help="write metrics.csv and summary.json here")
     parser.add_argument(
         "--label-pred", type=int, help="foreground value in the predictions (default: any nonzero)"
@@ -268,8 +275,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def ground_truth(args: argparse.Namespace) -> tuple[list[Path], int | tuple[int, ...] | None]:
+    """``--gt`` files (with ``--label-gt``), or the labels of ``--data`` (with its ``--label``)."""
+    data = getattr(args, "data", None)
+    if (args.gt is None) == (data is None):
+        raise InputError(None, "give the ground truth: --gt FILE|FOLDER or --data DATASET (one of them)")
+    if data is None:
+        return list_masks(args.gt), args.label_gt
+    from medsemgan.data.datalist import read_dataset
+
+    dataset = read_dataset(data, getattr(args, "label", None))
+    cases = dataset.test_cases()
+    if not cases:
+        raise InputError(data, "no labeled case to score")
+    args.gt = Path(data)
+    return [s.label_path for s in cases], dataset.liver_values
+
+
 def run(args: argparse.Namespace) -> int:
-    pairs, unmatched_pred, unmatched_gt = pair_cases(list_masks(args.pred), list_masks(args.gt))
+    gt_files, args.label_gt = ground_truth(args)
+    pairs, unmatched_pred, unmatched_gt = pair_cases(list_masks(args.pred), gt_files)
     if not pairs:
         raise InputError(
             args.pred, f"no prediction matches a ground-truth case name in {args.gt}"

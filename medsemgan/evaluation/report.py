@@ -712,7 +712,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="report configuration YAML (default: medsemgan/configs/report.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the configuration's out:)")
-    parser.add_argument("--data", default=None, help="data root for relative test-set paths (overrides data_root)")
+    parser.add_argument("--data", default=None,
+                        help="data root for relative test-set paths (overrides data_root); or your own dataset "
+                             "(MSD/nnU-Net folder, MONAI datalist JSON): its labeled cases replace the test sets")
+    parser.add_argument("--label", default=None, help="with an own --data: the liver's value (default 1; several as 1,2)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides device)")
     parser.add_argument("--methods", default=None, help="comma-separated method keys to run (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay figures")
@@ -727,7 +730,12 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     raw = read_report_yaml(path)
     if args.data:
-        raw["data_root"] = args.data
+        from medsemgan.data.datalist import is_dataset, report_test_sets
+
+        if is_dataset(args.data):  # own data: one test set per modality (datalist test sets, report_config)
+            raw["test_sets"] = report_test_sets(args.data, getattr(args, "label", None))
+        else:
+            raw["data_root"] = args.data
     if args.device:
         raw["device"] = args.device
     if args.no_overlays:

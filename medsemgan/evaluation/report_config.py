@@ -109,6 +109,11 @@ def _test_set(raw: dict, data_root: Path | None, source: str) -> TestSet:
         cases += [get_study(data_root, name) for name in raw["studies"]]
     for entry in raw.get("cases") or []:
         cases.append(_study(entry, modality, data_root, source))
+    if raw.get("datalist"):  # own data (medsemgan.data.datalist): its labeled test cases of this modality
+        from medsemgan.data.datalist import read_dataset
+
+        dataset = read_dataset(_resolve(raw["datalist"], data_root, "datalist", source), raw.get("label"))
+        cases += [s for s in dataset.test_cases() if s.modality == modality]
     pattern = raw.get("pattern")
     if pattern:
         images = sorted(glob.glob(str(_resolve(pattern["images"], data_root, "pattern", source))))
@@ -122,7 +127,7 @@ def _test_set(raw: dict, data_root: Path | None, source: str) -> TestSet:
             cases.append(_study({"name": name, "image": image, "label": label,
                                  "liver_value": pattern.get("liver_value", 1)}, modality, data_root, source))
     if not cases:
-        raise InputError(source, f"test set {raw['key']} has no cases (give studies:, cases: or pattern:)")
+        raise InputError(source, f"test set {raw['key']} has no cases (give studies:, cases:, pattern: or datalist:)")
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise InputError(source, f"test set {raw['key']}: case names must be unique, got {names}")

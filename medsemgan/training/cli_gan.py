@@ -10,6 +10,8 @@ from medsemgan.training.config import load_config, normalise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from medsemgan.data.datalist import DATA_HELP, LABEL_HELP
+
     parser.add_argument("--config", required=True, help="configuration name (cpu128, paper256) or YAML file")
     parser.add_argument("--out", default=None,
                         help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/gan_<config name>)")
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "K volumes, or all (overrides data.labeled_budget)")
     parser.add_argument("--batch", type=int, default=None, help="global batch size (overrides training.batch_size)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides training.device)")
-    parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
+    parser.add_argument("--label", default=None, help=LABEL_HELP)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per process (overrides training.threads; 1 is faster on a busy machine)")
     parser.add_argument("--no-fast", action="store_true", help="turn every speed lever off (training.fast: false)")
@@ -47,6 +50,8 @@ def apply_overrides(config: dict, args: argparse.Namespace) -> dict:
         t["device"] = args.device
     if given("data") is not None:
         d["root"] = args.data
+    if given("label") is not None:
+        d["label"] = args.label
     if given("threads") is not None:
         t["threads"] = args.threads
     if given("no_fast"):

@@ -22,7 +22,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     # 'ct': the CT training pool of the shared studies (medsemgan.data.slices.training_tensors);
     # 'synthetic': generated phantoms (tests, benchmarks, smoke runs without the data).
     "source": "ct",
-    "root": None,  # None: $MEDSEMGAN_DATA or ../shared/data
+    "root": None,  # None: $MEDSEMGAN_DATA or ../shared/data; or own data: an MSD/nnU-Net folder or a MONAI datalist JSON
+    "label": 1,  # own data only: the liver's value(s) in its label files, e.g. 5 or "1,2" (--label)
     "labeled_budget": 8,  # labeled slices, in the paper's terms (8, 20, 118 ...)
     "cache_dir": None,
     "synthetic_unlabeled": 256,  # pool sizes for source 'synthetic'
@@ -132,6 +133,9 @@ def normalise(config: dict, path: str | os.PathLike | None = None) -> dict:
         levers_from(training)
     except (TypeError, ValueError) as err:
         raise InputError(path, f"training: {err}") from None
+    from medsemgan.data.datalist import parse_label
+
+    parse_label(data["label"], path)  # own data (medsemgan.data.datalist): checked here, used when loading
     if data["source"] not in ("ct", "synthetic"):
         raise InputError(path, f"data.source must be 'ct' or 'synthetic', got {data['source']!r}")
     for key in ("batch_size", "labeled_batch_size", "r1_interval_image", "r1_interval_joint", "pl_interval"):

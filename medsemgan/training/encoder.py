@@ -420,6 +420,8 @@ def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
 
 
 def add_arguments(parser) -> None:
+    from medsemgan.data.datalist import DATA_HELP, LABEL_HELP
+
     parser.add_argument("--config", required=True, help="configuration name (cpu128, paper256) or YAML file")
     parser.add_argument("--generator", required=True,
                         help="trained generator: generator_ema.pt from `train gan`, or its checkpoint.pt")
@@ -427,7 +429,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides encoder.train.device)")
-    parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
+    parser.add_argument("--label", default=None, help=LABEL_HELP)
     parser.add_argument("--labeled", default=None, metavar="N|slices:N|volumes:K|all",
                         help="labeled slices the encoder may see (overrides data.labeled_budget); use the "
                              "generator's own budget, e.g. --labeled 8 for a `train gan --labeled 8` run")
@@ -447,6 +450,8 @@ def run(args) -> int:
         t["device"] = args.device
     if args.data is not None:
         config["data"]["root"] = args.data
+    if getattr(args, "label", None) is not None:
+        config["data"]["label"] = args.label
     if getattr(args, "labeled", None) is not None:
         labeled = args.labeled.strip()
         config["data"]["labeled_budget"] = int(labeled) if labeled.isdigit() else labeled

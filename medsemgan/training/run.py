@@ -106,6 +106,11 @@ def load_training_tensors(config: dict, resolution: int) -> dict[str, torch.Tens
     root = data["root"] or data_root()
     if root is None:
         raise InputError(None, "no CT data: set data.root, $MEDSEMGAN_DATA, or place the studies at ../shared/data")
+    from medsemgan.data import datalist
+
+    if datalist.is_dataset(root):  # own data: an MSD/nnU-Net folder or a MONAI datalist JSON
+        return datalist.training_tensors(root, resolution, data["labeled_budget"],
+                                         data["cache_dir"] or (cache_dir() / "training_tensors"), data.get("label"))
     if not Path(root).is_dir():
         raise InputError(root, "data.root is not a folder")
     try:

@@ -56,7 +56,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "source": "ct",  # 'ct' (the shared studies) or 'synthetic' (phantoms; tests and smoke runs)
-    "root": None,  # None: $MEDSEMGAN_DATA or ../shared/data
+    "root": None,  # None: $MEDSEMGAN_DATA or ../shared/data; or own data: an MSD/nnU-Net folder or a MONAI datalist JSON
+    "label": 1,  # own data only: the liver's value(s) in its label files (--label)
     "resolution": 128,  # must match the GAN's model resolution for a fair comparison
     "labeled_budget": "all",  # 'all', N slices, 'slices:N', 'volumes:K' (LabeledBudget)
     "cache_dir": None,
@@ -197,9 +198,13 @@ def labeled_tensors(config: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     root = d["root"] or data_root()
     if root is None:
         raise InputError(None, "no CT data: set data.root, $MEDSEMGAN_DATA, or place the studies at ../shared/data")
-    if not Path(root).is_dir():
+    from medsemgan.data import datalist
+
+    own = datalist.is_dataset(root)  # own data: an MSD/nnU-Net folder or a MONAI datalist JSON
+    if not own and not Path(root).is_dir():
         raise InputError(root, "data.root is not a folder")
-    tensors = training_tensors(root, resolution, d["labeled_budget"], cache_dir=d["cache_dir"])
+    tensors = (datalist.training_tensors(root, resolution, d["labeled_budget"], d["cache_dir"], d.get("label")) if own
+               else training_tensors(root, resolution, d["labeled_budget"], cache_dir=d["cache_dir"]))
     images, masks = tensors["labeled_image"], tensors["labeled_mask"]
     return images, masks, {
         "source": "ct",
@@ -445,6 +450,8 @@ def train_unet(
 
 
 def add_arguments(parser) -> None:
+    from medsemgan.data.datalist import DATA_HELP, LABEL_HELP
+
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"configuration name or YAML file (default: {DEFAULT_CONFIG})")
     parser.add_argument("--out", default=None, help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/unet_<budget>)")
@@ -454,7 +461,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=None, help="overrides training.iterations")
     parser.add_argument("--max-seconds", type=float, default=None, help="overrides training.max_seconds")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (overrides training.device)")
-    parser.add_argument("--data", default=None, help="data root (overrides data.root)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
+    parser.add_argument("--label", default=None, help=LABEL_HELP)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (overrides training.threads; 1 per run when several share a machine)")
     parser.add_argument("--export", default=None,
@@ -474,6 +482,8 @@ def apply_overrides(config: dict, args) -> dict:
         t["device"] = args.device
     if args.data is not None:
         d["root"] = args.data
+    if getattr(args, "label", None) is not None:
+        d["label"] = args.label
     if args.threads is not None:
         t["threads"] = args.threads
     return normalise_config(config, config.get("_source"))
