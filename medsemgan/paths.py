@@ -126,20 +126,3 @@ def runs_dir() -> Path:
 def default_run_dir(name: str) -> Path:
     """``runs_dir() / name``: where ``medsemgan train ...`` writes when ``--out`` is not given."""
     return runs_dir() / name
-
-
-def runs_dir() -> Path:
-    """Default home of training runs: ``$MEDSEMGAN_RUNS``, else ``<cache>/runs``.
-
-    Outside the checkout on purpose: a fresh clone (or ``git clean``) must not lose a run that
-    spans several working sessions.
-    """
-    env = os.environ.get("MEDSEMGAN_RUNS")
-    path = Path(env) if env else cache_dir() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def default_run_dir(name: str) -> Path:
-    """``runs_dir() / name``: where ``medsemgan train ...`` writes when ``--out`` is not given."""
-    return runs_dir() / name
