@@ -22,16 +22,19 @@ from typing import Any
 
 import torch
 from monai.data import Dataset
+from monai.transforms import MapTransform
 
 from medsemgan.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-def study_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """One item per study under ``dataset_dir`` (NIfTI/NRRD files, DICOM series folders):
-    ``{"image": path, "image_path": path, "case": name}``; names as ``medsemgan segment`` gives."""
-    from medsemgan.inference.segment import find_studies
+def study_datalist(dataset_dir: str | os.PathLike, series: str | int | None = None) -> list[dict[str, str]]:
+    """One item per case under ``dataset_dir`` (NIfTI/NRRD files, DICOM series folders):
+    ``{"image": path, "image_path": path, "case": name}``, plus ``"series"`` (what ``LoadVolumed``
+    reads) for one series of a multi-series DICOM folder: the cases and names ``medsemgan segment``
+    gives (``find_cases``: ``series`` as ``--series``, else every CT/MR volume series)."""
+    from medsemgan.inference.segment import find_cases
 
     if dataset_dir is None:
         raise InputError(None, "no --dataset_dir given (a study file or a folder of studies)")
@@ -39,8 +42,50 @@ def study_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
 
     if is_dataset(dataset_dir):
         return bundle_items(dataset_dir, labeled=False)  # own data: MSD/nnU-Net folder, MONAI datalist
-    return [{"image": str(path), "image_path": str(path), "case": case}
-            for case, path in find_studies(dataset_dir)]
+    # not as_optional_str: 'none' names the series without a UID here, as with --series none
+    cases, skipped = find_cases(dataset_dir, None if series is None else str(series))
+    for entry in skipped:
+        log.info("%s: %s (skipped)", entry["input"], entry["reason"])
+    if not cases:
+        raise InputError(dataset_dir, "nothing to segment: " + "; ".join(e["reason"] for e in skipped))
+    items = []
+    for case in cases:
+        item = {"image": str(case.path), "image_path": str(case.path), "case": case.name}
+        if case.series is not None:
+            item["series"] = case.series
+        items.append(item)
+    return items
+
+
+class SaveProbabilityd(MapTransform):
+    """With ``enabled`` (the ``save_prob`` override), write the inverted liver probability as
+    ``OUT/<case><postfix>_prob.nii.gz`` (float32, the input's exact affine), as ``medsemgan
+    segment --save-prob`` does. Put it before ``SaveMaskd``, which replaces the probability by the
+    mask."""
+
+    def __init__(self, keys="pred", output_dir: str | os.PathLike = "output", output_postfix: str = "",
+                 enabled: bool = False, case_key: str = "case", allow_missing_keys: bool = False) -> None:
+        from medsemgan.bundle.options import as_bool
+
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.enabled = as_bool(enabled, "save_prob")
+        self.case_key = case_key
+
+    def __call__(self, data):
+        from medsemgan.bundle.transforms import INPUT_AFFINE_KEY
+        from medsemgan.inference.writers import write_probability
+
+        d = dict(data)
+        if not self.enabled:
+            return d
+        affine = torch.as_tensor(d[INPUT_AFFINE_KEY], dtype=torch.float64)
+        for key in self.key_iterator(d):
+            prob = torch.as_tensor(d[key])[:1].float().clamp(0, 1).cpu()
+            d[f"{key}_prob_path"] = str(write_probability(
+                prob, self.output_dir / f"{d[self.case_key]}{self.output_postfix}_prob.nii.gz", affine))
+        return d
 
 
 def load_network(bundle_root: str | os.PathLike, model_config: str | None = None,

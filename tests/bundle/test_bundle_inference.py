@@ -151,3 +151,30 @@ def test_worker_processes_give_the_same_masks(bundle_run, tiny_bundle, studies_d
         main_mask, main_affine = load_nifti(bundle_run / f"{case}.nii.gz")
         assert np.array_equal(worker_mask, main_mask), case
         assert np.array_equal(worker_affine, main_affine), case
+
+
+def test_series_and_probability_overrides_on_a_multi_series_folder(tiny_bundle, shared_data, tmp_path):
+    """inference.json's `series` and `save_prob`: the cases, names and masks `medsemgan segment`
+    gives on a folder holding two real CT series (one without a SeriesInstanceUID)."""
+    import nibabel as nib
+
+    study = tmp_path / "in" / "study"
+    study.mkdir(parents=True)
+    for source in ("ct/dcmqi/ct-3slice", "ct/totalseg/example_ct_dicom"):
+        for path in sorted((shared_data / source).iterdir()):
+            (study / path.name).symlink_to(path)
+    every = _run_inference(tiny_bundle, study, tmp_path / "every", encoder_only=True)
+    assert sorted(p.name for p in (tmp_path / "every").glob("*.nii.gz")) == [
+        "study_CT_Body_3_0.nii.gz", "study_s2.nii.gz"]
+    assert not list((tmp_path / "every").glob("*_prob.nii.gz"))  # off by default
+    _run_inference(tiny_bundle, study, tmp_path / "one", encoder_only=True, series="none", save_prob=True)
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.nii.gz")) == ["study.nii.gz", "study_prob.nii.gz"]
+    mask, affine = load_nifti(tmp_path / "one" / "study.nii.gz")
+    prob = nib.load(tmp_path / "one" / "study_prob.nii.gz")
+    assert mask.shape == prob.shape == (512, 512, 20) and prob.get_data_dtype() == np.float32
+    assert np.array_equal(prob.affine, affine)
+    assert np.array_equal(mask, (prob.get_fdata() > 0.5).astype(np.uint8))
+    assert _segment_cli(tiny_bundle, study, tmp_path / "cli", "--encoder-only", "--series", "none") == 0
+    cli_mask, _ = load_nifti(tmp_path / "cli" / "study.nii.gz")
+    assert np.array_equal(cli_mask, mask)
+    del every
