@@ -17,6 +17,7 @@ from typing import Any
 from medsemgan.config_files import config_path, read_yaml_mapping
 from medsemgan.errors import InputError
 from medsemgan.training.augment import AugmentConfig
+from medsemgan.training.validation import VALIDATION_DEFAULTS
 
 DATA_DEFAULTS: dict[str, Any] = {
     # 'ct': the CT training pool of the shared studies (medsemgan.data.slices.training_tensors);
@@ -64,6 +65,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # observation
     "checkpoint_kimg": 1.0,  # rolling checkpoint.pt (full state, for --resume)
     "snapshot_kimg": 10.0,  # kept snapshots/generator_ema_<images>.pt (EMA generator, both heads)
+    "validation": {},  # val/dice every few kimg; keys and defaults in training/validation.py
     "sample_kimg": 1.0,
     "log_every": 10,  # iterations between TensorBoard scalars
     "sample_grid": [4, 4],  # rows, columns of the sample PNG
@@ -128,6 +130,10 @@ def normalise(config: dict, path: str | os.PathLike | None = None) -> dict:
     config = copy.deepcopy(config)
     data = merge_section(path, "data", DATA_DEFAULTS, config.get("data"))
     training = merge_section(path, "training", TRAINING_DEFAULTS, config.get("training"))
+    unknown = set(training["validation"] or {}) - set(VALIDATION_DEFAULTS)
+    if unknown:
+        raise InputError(path, f"training.validation: unknown keys {sorted(unknown)}; known: {sorted(VALIDATION_DEFAULTS)}")
+    training["validation"] = {**VALIDATION_DEFAULTS, **(training["validation"] or {})}
     try:
         AugmentConfig.from_dict(training["augment"])
         levers_from(training)

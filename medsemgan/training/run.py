@@ -46,6 +46,7 @@ from medsemgan.training.distributed import DistInfo, init_distributed, shutdown
 from medsemgan.training.gan import GanTrainer, rank_seed
 from medsemgan.training.observe import Observer, fixed_latents, save_sample_grid
 from medsemgan.training.synthetic import synthetic_tensors
+from medsemgan.training.validation import validate_generator
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,22 @@ def load_training_tensors(config: dict, resolution: int) -> dict[str, torch.Tens
         raise InputError(config.get("_source"), f"data.labeled_budget: {err}") from None
     cache = data["cache_dir"] or (cache_dir() / "training_tensors")
     return training_tensors(root, resolution, budget, cache_dir=cache)
+
+
+def _validation_set(config: dict, resolution: int, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """The fixed validation slices (rank 0 only; ``None`` when switched off or unavailable)."""
+    if not info.is_main or float(config["training"]["validation"]["every_kimg"]) <= 0:
+        return None
+    from medsemgan.paths import cache_dir, data_root
+    from medsemgan.training.validation import build_validation_set
+
+    root = config["data"]["root"] or data_root()
+    from medsemgan.data.datalist import is_dataset
+
+    if is_dataset(root):  # own data (--data): the BTCV validation patients are not there
+        return None
+    cache = config["data"]["cache_dir"] or (cache_dir() / "training_tensors")
+    return build_validation_set(root, resolution, config["training"]["validation"], cache)
 
 
 def build_networks(config: dict):
@@ -199,6 +216,7 @@ def train_gan(
     tensors: dict[str, torch.Tensor] | None = None,
     stop: StopRequest | None = None,
     max_steps: int | None = None,
+    validation: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue training) the joint GAN described by ``config`` into ``out_dir``.
 
@@ -206,6 +224,8 @@ def train_gan(
     :func:`medsemgan.training.config.load_config`). ``tensors``: training pool to use instead of
     ``data:`` (tests). ``stop``: a :class:`StopRequest` to end early (tests; signals use it too).
     ``max_steps``: stop after this many iterations of *this* call (checkpointed; tests, benches).
+    ``validation``: ``{"image", "mask"}`` slices for ``val/dice`` instead of the BTCV pool's
+    (tests); with ``data.source: ct`` they are built from the catalogue.
     Returns a summary (steps, images seen, seconds per kimg, paths).
     """
     config = normalise(config)
@@ -222,8 +242,13 @@ def train_gan(
     observer = None
     try:
         G, D_image, D_joint = build_networks(config)
+        using_data = tensors is None and config["data"]["source"] == "ct"
         if tensors is None:
             tensors = load_training_tensors(config, G.resolution)
+        if validation is None and using_data:
+            validation = _validation_set(config, G.resolution, info)
+        if not info.is_main:
+            validation = None
         trainer = GanTrainer(config, (G, D_image, D_joint), tensors, info)
         seed_everything(rank_seed(int(config["training"]["seed"]), info.rank))
         if resume:
@@ -275,6 +300,11 @@ def train_gan(
                     write_checkpoint(trainer, run_dir)
                 if info.is_main and _crossed(before, after, float(t["snapshot_kimg"])):
                     export_generator(trainer.G_ema, snapshot_path(run_dir, after))
+                every_val = float(t["validation"]["every_kimg"])
+                if validation is not None and every_val > 0 and _crossed(before, after, every_val):
+                    scores = validate_generator(trainer.G_ema, validation, t["validation"], config.get("inference"))
+                    observer.scalars(scores, after)
+                    log.info("validation at %d images: %s", after, scores)
             write_checkpoint(trainer, run_dir)
         elapsed = time.perf_counter() - started
         done_images = trainer.images_seen - start_images
