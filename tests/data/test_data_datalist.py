@@ -85,6 +85,12 @@ def test_msd_folder_with_mri_and_a_test_image(msd_mri, shared_data):
     assert dataset.test_cases() == [train]  # no labeled test entry: the labeled ones are scored
     assert_same_label(train, get_study(shared_data, "chaos_t2_2"))
     assert [i["case"] for i in bundle_items(msd_mri, labeled=False)] == ["chaos_15"]
+    from medsemgan.bundle.evaluation import labeled_datalist
+    from medsemgan.bundle.inference import study_datalist
+
+    assert [i["case"] for i in study_datalist(msd_mri)] == ["chaos_15"]  # the bundle's dataset_dir
+    (item,) = labeled_datalist(msd_mri)
+    assert (item["case"], Path(item["label"])) == ("chaos_2", (msd_mri / "labelsTr/chaos_2.nii.gz").resolve())
 
 
 def test_monai_datalist_json(shared_data, tmp_path):
@@ -230,3 +236,21 @@ def test_train_gan_on_own_data(nnunet_ct, tmp_path):
     config["data"]["label"] = 1  # spleen: other masks
     other = load_training_tensors(config, 16)
     assert not other["labeled_mask"].equal(tensors["labeled_mask"])
+
+
+def test_train_gan_runs_on_a_datalist_json(shared_data, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+    from helpers import tiny_config
+
+    from medsemgan.training.run import train_gan
+
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": [
+        {"image": str(shared_data / "ct/totalseg/example_ct_sm.nii.gz"),
+         "label": str(shared_data / "ct/totalseg/example_seg.nii.gz")}]}))
+    config = tiny_config({"kimg": 0.008}, data={"source": "ct", "root": str(datalist), "label": 5,
+                                                 "labeled_budget": 2, "cache_dir": str(tmp_path / "cache")})
+    summary = train_gan(config, tmp_path / "run")
+    assert (tmp_path / "run" / "generator_ema.pt").is_file() and summary["images_seen"] >= 8
