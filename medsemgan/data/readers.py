@@ -97,9 +97,8 @@ class DicomSeries:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "uid": self.uid,
-            "uid_text": self.uid or "no UID",
-            "select": self.key,
+            "uid": self.uid,  # '' for "no UID"
+            "select": self.key,  # what --series takes: the UID, or 'none'
             "number": self.number,
             "description": self.description,
             "modality": self.modality,

@@ -44,9 +44,10 @@ def test_info_lists_every_series_of_a_folder_and_exits_0(two_series, capsys):
     assert info["format"] == "dicom-folder" and info["n_series"] == 2
     by_slices = {s["slices"]: s for s in info["series"]}
     no_uid, numbered = by_slices[20], by_slices[3]
-    assert (no_uid["uid"], no_uid["uid_text"], no_uid["select"]) == ("", "no UID", "none")
+    assert (no_uid["uid"], no_uid["select"]) == ("", "none")
     assert no_uid["number"] is None and no_uid["description"] == "CT Body 3.0"
     assert numbered["uid"].startswith("1.2.392.") and numbered["number"] == 2
+    assert numbered["select"] == numbered["uid"]
     assert {s["modality"] for s in info["series"]} == {"CT"}
     assert no_uid["orientation"] == numbered["orientation"] == "axial"
     assert no_uid["volume"] and numbered["volume"]
