@@ -79,7 +79,7 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats
     (wall and CPU time separately), as ``bench train`` does: load on a shared machine hits both."""
     from medsemgan.data.io import load_image
     from medsemgan.data.transforms import preprocess
-    from medsemgan.inference.segment import SegmentOptions, resolve_modality
+    from medsemgan.inference.options import SegmentOptions, resolve_modality
     from medsemgan.inference.tto import invert
 
     image = load_image(path)
@@ -125,8 +125,8 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats
 
 
 def run(args: argparse.Namespace) -> dict:
-    from medsemgan.inference.model import resolve_device
-    from medsemgan.inference.segment import SegmentOptions
+    from medsemgan.weights import resolve_device
+    from medsemgan.inference.options import SegmentOptions
     from medsemgan.inference.tto import TTOOptions
     from medsemgan.paths import data_root
     from medsemgan.runtime import keep_freed_memory

@@ -65,7 +65,7 @@ class ModalityPreprocessd(MapTransform, InvertibleTransform):
         return self._pipelines[modality]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        from medsemgan.inference.segment import resolve_modality
+        from medsemgan.inference.options import resolve_modality
 
         d = dict(data)
         image = d[self.image_key]

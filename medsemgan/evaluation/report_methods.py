@@ -27,14 +27,14 @@ import torch
 from medsemgan.errors import InputError
 from medsemgan.evaluation.report_config import SEMANTICGAN_MODALITY_ENCODERS, Method
 from medsemgan.fingerprint import content_hash
+from medsemgan.weights import resolve_device
 
 # Bump when the cache entries' layout changes; code and input changes re-key entries by themselves.
 CACHE_VERSION = 2
 # The parts of the package whose code computes a cached case result: reading and preprocessing,
 # the networks and ops, inference (SemanticGAN and U-Net), the metrics, this module and the jobs.
-CODE_PARTS = ("data", "models", "ops", "inference", "training/unet.py", "evaluation/metrics.py",
-              "evaluation/report_methods.py", "evaluation/report.py", "io_utils.py", "runtime.py",
-              "fingerprint.py")
+CODE_PARTS = ("data", "models", "ops", "inference", "evaluation/metrics.py", "evaluation/report_methods.py",
+              "evaluation/report.py", "io_utils.py", "runtime.py", "fingerprint.py", "modality.py", "weights.py")
 
 
 def _file_stamp(path: Path) -> list:
@@ -106,8 +106,9 @@ def ood_signal(extras: dict) -> dict:
 
 def _semanticgan_loader(method: Method, weights: dict, device: str):
     def load():
-        from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel, resolve_device
-        from medsemgan.inference.segment import SegmentOptions, segment_volume
+        from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel
+        from medsemgan.inference.options import SegmentOptions
+        from medsemgan.inference.segment import segment_volume
         from medsemgan.inference.tto import TTOOptions
 
         model = SegmentationModel.from_files(
@@ -138,7 +139,6 @@ def _semanticgan_loader(method: Method, weights: dict, device: str):
 
 def _unet_loader(method: Method, weights: Path, device: str):
     def load():
-        from medsemgan.inference.model import resolve_device
         from medsemgan.inference.unet import UNetSegmenter, segment_volume_unet
 
         segmenter = UNetSegmenter.from_file(weights).to(resolve_device(device))

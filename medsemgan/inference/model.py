@@ -21,12 +21,15 @@ from torch import nn
 
 from medsemgan.config_files import config_path, read_yaml_mapping
 from medsemgan.errors import InputError
+from medsemgan.inference.options import modality_overrides
+from medsemgan.modality import MODALITIES
 from medsemgan.paths import bundle_dir as find_bundle_dir, missing_bundle_hint
+from medsemgan.weights import (  # noqa: F401  (load_state_dict_file, resolve_device re-exported)
+    load_into, load_state_dict_file, resolve_device, save_state_dict)
 
 DEFAULT_CONFIG = "cpu128"
 GENERATOR_FILE = Path("models") / "generator.pt"
 ENCODER_FILE = Path("models") / "encoder.pt"
-MODALITIES = ("CT", "MR")
 
 
 def modality_encoder_file(modality: str) -> Path:
@@ -67,41 +70,11 @@ def load_model_sections(name_or_path: str | os.PathLike | dict) -> ModelConfig:
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise InputError(path, f"'{section}:' must be a mapping")
     inference = dict(raw.get("inference") or {})
-    from medsemgan.inference.segment import modality_overrides
-
     try:
         modality_overrides(inference)
     except ValueError as err:
         raise InputError(path, str(err)) from None
     return ModelConfig(model, dict(raw.get("encoder") or {}), inference, str(path))
-
-
-def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
-    """A plain state dict, loaded without executing code; clear errors for missing/bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"no trained {what} weights here (train them with `medsemgan train "
-                               f"{'gan' if what == 'generator' else 'encoder'}`, or pass --bundle "
-                               f"DIR / --{what} FILE)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated, not a torch file, or unsafe pickle
-        raise InputError(path, f"cannot read {what} weights: {' '.join(str(err).split())[:300]}") from None
-    if isinstance(state, dict) and what == "generator" and "G_ema" in state:
-        state = state["G_ema"]  # a GAN training checkpoint: take its EMA generator
-    if isinstance(state, dict) and what == "encoder" and "encoder" in state and isinstance(state["encoder"], dict):
-        state = state["encoder"]  # an encoder training checkpoint
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(path, f"not a {what} state dict (expected a mapping of tensor names to tensors)")
-    return state
-
-
-def _load_into(module: nn.Module, state: dict, path: Path, what: str) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = " ".join(str(err).split())[:400]
-        raise InputError(path, f"{what} weights do not match the configuration's architecture: {first}") from None
 
 
 class SegmentationModel(nn.Module):
@@ -154,14 +127,14 @@ class SegmentationModel(nn.Module):
         g_state = load_state_dict_file(generator_path, "generator")
         e_state = load_state_dict_file(encoder_path, "encoder")
         model = cls.build(config)
-        _load_into(model.generator, g_state, generator_path, "generator")
-        _load_into(model.encoder, e_state, encoder_path, "encoder")
+        load_into(model.generator, g_state, generator_path, "generator")
+        load_into(model.encoder, e_state, encoder_path, "encoder")
         for modality, path in (modality_encoders or {}).items():
             key = modality.upper()
             if key not in MODALITIES:
                 raise InputError(path, f"encoder for unknown modality {modality!r} (known: {', '.join(MODALITIES)})")
             encoder = copy.deepcopy(model.encoder)
-            _load_into(encoder, load_state_dict_file(Path(path), f"{key} encoder"), Path(path), f"{key} encoder")
+            load_into(encoder, load_state_dict_file(Path(path), f"{key} encoder"), Path(path), f"{key} encoder")
             model.modality_encoders[key] = encoder.eval().requires_grad_(False)
         return model
 
@@ -180,26 +153,10 @@ class SegmentationModel(nn.Module):
 
     def save(self, folder: str | os.PathLike) -> tuple[Path, ...]:
         """Write every state dict in the bundle layout under ``folder`` (atomically)."""
-        from medsemgan.io_utils import atomic_path
-
         folder = Path(folder)
         modules = [self.generator, self.encoder, *self.modality_encoders.values()]
         paths = (folder / GENERATOR_FILE, folder / ENCODER_FILE,
                  *(folder / modality_encoder_file(m) for m in self.modality_encoders))
         for module, path in zip(modules, paths):
-            with atomic_path(path) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+            save_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
         return paths
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto'/None -> CUDA when available, else CPU; a clear error for an unusable choice."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise InputError(None, f"--device {device!r}: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"--device {device}: CUDA is not available on this machine")
-    return dev

@@ -53,7 +53,7 @@ class UNetSegmenter(torch.nn.Module):
                   resolution: int | None = None) -> "UNetSegmenter":
         """Weights + sidecar; ``architecture``/``resolution`` replace the sidecar's (or stand in
         for a missing one: defaults of ``medsemgan/configs/unet_cpu.yaml``)."""
-        from medsemgan.training.unet import MODEL_DEFAULTS, build_unet
+        from medsemgan.models.unet import MODEL_DEFAULTS, build_unet
 
         weights = Path(weights)
         if not weights.is_file():

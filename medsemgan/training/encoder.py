@@ -282,13 +282,13 @@ class EncoderTrainer:
 def _load_generator(config: dict, generator: torch.nn.Module | str | Path) -> tuple[torch.nn.Module, str]:
     if isinstance(generator, torch.nn.Module):
         return generator, "<module>"
-    from medsemgan.inference.model import _load_into, load_state_dict_file
+    from medsemgan.weights import load_into, load_state_dict_file
     from medsemgan.models.build import build_generator
 
     path = Path(generator)
     state = load_state_dict_file(path, "generator")
     G = build_generator(config["model"])
-    _load_into(G, state, path, "generator")
+    load_into(G, state, path, "generator")
     return G, f"{path.resolve()} sha256:{file_sha256(path)[:16]}"
 
 
@@ -324,7 +324,7 @@ def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
     ``tensors``: training pool instead of ``data:`` (tests). ``stop``: a ``StopRequest``.
     ``max_steps``: stop after this many steps of this call (checkpointed). Returns a summary.
     """
-    from medsemgan.inference.model import resolve_device
+    from medsemgan.weights import resolve_device
     from medsemgan.training.config import normalise
     from medsemgan.training.observe import Observer
     from medsemgan.training.run import StopRequest, load_training_tensors, stop_on_signals

@@ -39,6 +39,7 @@ from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
 from medsemgan.training.config import merge_section, read_yaml
+from medsemgan.models.unet import MODEL_DEFAULTS, build_unet  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,6 @@ SIDECAR_NAME = "unet.json"
 DEFAULT_CONFIG = "unet_cpu"
 CHECKPOINT_KIND = "unet"
 
-MODEL_DEFAULTS: dict[str, Any] = {
-    "channels": [16, 32, 64, 128, 256],
-    "strides": [2, 2, 2, 2],
-    "num_res_units": 2,
-    "norm": "instance",
-    "dropout": 0.0,
-}
 DATA_DEFAULTS: dict[str, Any] = {
     "source": "ct",  # 'ct' (the shared studies) or 'synthetic' (phantoms; tests and smoke runs)
     "root": None,  # None: $MEDSEMGAN_DATA or ../shared/data; or own data: an MSD/nnU-Net folder or a MONAI datalist JSON
@@ -155,23 +149,6 @@ def load_unet_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
 
 
 # --- network ----------------------------------------------------------------------------------
-
-
-def build_unet(model_cfg: dict) -> torch.nn.Module:
-    """MONAI 2-D ``UNet``: one grey input channel, one liver logit (mask = sigmoid > 0.5, as the GAN)."""
-    from monai.networks.nets import UNet
-
-    m = {**MODEL_DEFAULTS, **(model_cfg or {})}
-    return UNet(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        channels=tuple(int(c) for c in m["channels"]),
-        strides=tuple(int(s) for s in m["strides"]),
-        num_res_units=int(m["num_res_units"]),
-        norm=str(m["norm"]).upper(),
-        dropout=float(m["dropout"]),
-    )
 
 
 def _device(name: str) -> torch.device:

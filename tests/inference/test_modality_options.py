@@ -5,7 +5,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsemgan.inference.inferer import MODALITY_META_KEY, TTOInferer
-from medsemgan.inference.segment import SegmentOptions, modality_overrides
+from medsemgan.inference.options import SegmentOptions, modality_overrides
 from medsemgan.inference.tto import TTOOptions
 
 CFG = {"steps": 4, "perceptual_weight": 1.0, "mse_weight": 0.1, "early_stop_patience": 0,
