@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from medsemgan.paths import default_run_dir
 from medsemgan.training.config import load_config, normalise
+from medsemgan.training.layout import launch, needs_launch, plan_layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per process (overrides training.threads; 1 is faster on a busy machine)")
     parser.add_argument("--no-fast", action="store_true", help="turn every speed lever off (training.fast: false)")
+    parser.add_argument("--processes", default=None, metavar="N|auto",
+                        help="data-parallel processes (overrides training.processes; auto: 2 on a CPU machine "
+                             "with 2+ cores, 1 on GPUs; more than 1 re-launches under torchrun)")
 
 
 def apply_overrides(config: dict, args: argparse.Namespace) -> dict:
@@ -56,7 +61,26 @@ def apply_overrides(config: dict, args: argparse.Namespace) -> dict:
         t["threads"] = args.threads
     if given("no_fast"):
         t["fast"] = False
+    if given("processes") is not None:
+        t["processes"] = args.processes
     return normalise(config)
+
+
+def worker_arguments(args: argparse.Namespace, out: Path, layout) -> list[str]:
+    """The same command for each torchrun worker: every override given, the resolved run folder."""
+    words = ["train", "gan", "--config", str(args.config), "--out", str(out),
+             "--processes", str(layout.processes)]
+    if layout.threads is not None:
+        words += ["--threads", str(layout.threads)]
+    for name in ("kimg", "labeled", "batch", "device", "data", "label"):
+        value = getattr(args, name, None)
+        if value is not None:
+            words += [f"--{name}", str(value)]
+    if args.resume:
+        words.append("--resume")
+    if args.no_fast:
+        words.append("--no-fast")
+    return words
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from medsemgan.training.run import train_gan
 
     config = apply_overrides(load_config(args.config), args)
+    t = config["training"]
+    layout = plan_layout(str(t["device"]), t["processes"], t["threads"])
+    t["threads"] = layout.threads
     out = Path(args.out) if args.out else default_run_dir(f"gan_{config['model'].get('name') or 'custom'}")
+    if needs_launch(layout):
+        return launch(layout, worker_arguments(args, out.resolve(), layout))
     summary = train_gan(config, out, resume=args.resume)
-    print_summary(summary)
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per torchrun worker
+        print_summary(summary)
     # A run stopped by a signal exits like one (128 + signal number) after its checkpoint.
     return {"SIGINT": 130, "SIGTERM": 143}.get(summary["stopped_by"], 0)

@@ -34,7 +34,8 @@ DATA_DEFAULTS: dict[str, Any] = {
 TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",  # auto | cpu | cuda
-    "threads": None,  # CPU threads per process; None = torch's default (torchrun sets 1 per process)
+    "threads": None,  # CPU threads per process; None: cores / processes on a CPU (train gan)
+    "processes": "auto",  # data-parallel processes of `train gan`: auto = 2 on a CPU machine, 1 on GPUs
     "kimg": 20.0,  # length of training in thousands of unlabeled (real) images shown to D_image
     "batch_size": 16,  # global unlabeled batch (split across processes)
     "labeled_batch_size": 16,  # global labeled batch for the joint discriminator
