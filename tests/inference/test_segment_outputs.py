@@ -175,3 +175,17 @@ def test_method_unet_runs_the_baseline_through_the_same_geometry(small_nifti, tm
     assert np.array_equal(np.asarray(written.dataobj), (prob > 0.5).astype(np.uint8))
     code = main(["segment", "-i", str(small_nifti), "-o", str(tmp_path / "o2"), "--method", "unet"])
     assert code == 2 and "--method unet needs --unet-weights" in capsys.readouterr().err
+
+
+def test_a_folder_without_any_volume_series_is_one_clear_failure(shared_data, bundle, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from data_fixtures import write_ct_series
+
+    study = link_series(tmp_path / "in" / "no_volume", shared_data, SEG)
+    write_ct_series(study, "1.2.826.0.9.1", n=2, prefix="scout")  # 2 slices: not a volume
+    code, summary = _segment(bundle, study.parent, tmp_path / "out", capsys=capsys)
+    assert code == 1 and summary["segmented"] == []
+    error = summary["failed"][0]["error"]
+    assert error.startswith(f"{study}: holds 2 DICOM series and none is a CT/MR volume")
+    assert "--series" in error and "'Liver Segmentation' SEG" in error
+    assert len(summary["skipped"]) == 2 and not (tmp_path / "out").exists()
