@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("medsemgan.bench.model", "networks per configuration: parameters, FLOPs, G/D step times, fused vs reference ops, modulated-conv forms"),
     "infer": ("medsemgan.bench.infer", "segmentation speed: seconds per MRI/CT volume, batched vs one slice at a time"),
     "train": ("medsemgan.bench.train", "GAN training step: s/kimg with all speed levers vs the reference path"),
+    "throughput": ("medsemgan.bench.throughput", "real `train gan` images/s: one process x all threads vs 2 processes (torchrun, gloo)"),
 }
 
 

@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
+from medsemgan.data.btcv import BTCV_DEV_PATIENTS, BTCV_POOL_PATIENTS
 from medsemgan.data import slices
 from medsemgan.data.catalogue import get_study, training_studies
 from medsemgan.data.slices import (
@@ -192,12 +194,19 @@ def pool(shared_data, study_cache):
 def test_protocol_training_pool(pool):
     full = assemble_training_set(pool, "all")
     summary = full.summary()
-    assert summary["unlabeled_per_study"] == {"ircadb_1": 129, "totalseg_ct": 112, "totalseg_ct_dicom": 20,
-                                              "dcmqi_3slice": 3}
+    per_study = summary["unlabeled_per_study"]
+    assert {k: v for k, v in per_study.items() if not k.startswith("btcv_")} == {
+        "ircadb_1": 129, "totalseg_ct": 112, "totalseg_ct_dicom": 20, "dcmqi_3slice": 3}
+    # the 15 BTCV pool patients join with their body slices (the README's depth minus padding and
+    # slices without body); the 5 dev patients never do
+    assert {k for k in per_study if k.startswith("btcv_")} == {f"btcv_{i}" for i in BTCV_POOL_PATIENTS}
+    assert per_study["btcv_1"] == 139 and per_study["btcv_28"] == 90
+    assert sum(per_study.values()) == 2178
     assert summary["labeled_studies"] == ["ircadb_1"]
     assert summary["labeled_slices"] == 129 and summary["labeled_with_liver"] == 98
     names = {name for name, _ in full.unlabeled_origin + full.labeled_origin}
     assert not any(n.startswith(("chaos", "totalseg_mr")) for n in names)  # test data never trains
+    assert not names & {f"btcv_{i}" for i in BTCV_DEV_PATIENTS}
     assert full.unlabeled.dtype == torch.float32 and full.unlabeled.min() >= -1 and full.unlabeled.max() <= 1
     assert set(torch.unique(full.labeled_mask).tolist()) == {0.0, 1.0}
     # a labeled image is the very slice the unlabeled pool holds for the same origin
