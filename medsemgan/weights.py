@@ -65,12 +65,12 @@ def load_into(module: nn.Module, state: dict, path: str | os.PathLike, what: str
         raise InputError(Path(path), f"{what} weights do not match the configuration's architecture: {first}") from None
 
 
-def cast_state_dict(state: dict[str, torch.Tensor], dtype: str | None) -> dict[str, torch.Tensor]:
-    """Detached CPU copies; floating tensors cast to ``DTYPES[dtype]`` (None: kept as they are),
-    integer buffers unchanged."""
-    if dtype is not None and dtype not in DTYPES:
+def cast_state_dict(state: dict[str, torch.Tensor], dtype: str | torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Detached contiguous CPU copies; floating tensors cast to ``dtype`` (a ``DTYPES`` name or a
+    torch dtype; None: kept as they are), integer buffers unchanged."""
+    if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
-    target = None if dtype is None else DTYPES[dtype]
+    target = DTYPES[dtype] if isinstance(dtype, str) else dtype
     out = {}
     for key, value in state.items():
         value = value.detach().to("cpu").contiguous()

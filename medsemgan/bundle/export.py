@@ -36,11 +36,12 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path, file_sha256
+from medsemgan.weights import cast_state_dict, read_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_NAME = "provenance.json"
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+EXPORT_DTYPES = ("bf16", "fp16", "fp32")  # --dtype choices (medsemgan.weights.DTYPES names)
 CHECK_LATENTS = 32
 
 
@@ -48,20 +49,12 @@ def weights_name(kind: str, budget: str | None) -> str:
     return f"{kind}.pt" if budget in (None, "", "all") else f"{kind}_{budget}.pt"
 
 
-def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Floating tensors to ``dtype``; integer buffers untouched; contiguous CPU copies."""
-    return {
-        key: (value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()).contiguous().clone()
-        for key, value in state.items()
-    }
-
-
 def _restored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 @torch.no_grad()
-def cast_error(model_config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype, seed: int = 0) -> dict[str, float]:
+def cast_error(model_config: dict, state: dict[str, torch.Tensor], dtype: str | torch.dtype, seed: int = 0) -> dict[str, float]:
     """Render fixed latents with the float32 and the cast weights (both run in float32).
 
     Returns the largest image difference (images in [-1, 1]) and the fraction of mask pixels
@@ -71,7 +64,7 @@ def cast_error(model_config: dict, state: dict[str, torch.Tensor], dtype: torch.
 
     reference, cast = build_generator(model_config), build_generator(model_config)
     reference.load_state_dict(_restored(state))
-    cast.load_state_dict(_restored(cast_state(state, dtype)))
+    cast.load_state_dict(_restored(cast_state_dict(state, dtype)))
     reference.eval(), cast.eval()
     z = torch.randn(CHECK_LATENTS, reference.z_dim, generator=torch.Generator().manual_seed(seed))
     outputs = []
@@ -113,10 +106,7 @@ def _encoder_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     weights = path / EXPORT_NAME if path.is_dir() else path
     if not weights.is_file():
         raise InputError(weights, "no finished encoder here (train it to its kimg first: `medsemgan train encoder ... --resume`)")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(weights, f"cannot read encoder weights: {err}") from None
+    state = read_weights(weights, "encoder weights")
     config_file = weights.parent / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     train = (config.get("encoder") or {}).get("train") or {}
@@ -129,12 +119,6 @@ def _encoder_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         "modality_augment": train.get("modality_augment"),
     }
     return state, info
-
-
-def _write_state(state: dict[str, torch.Tensor], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
 
 
 def portable_path(text: str, bundle: Path) -> str:
@@ -181,13 +165,13 @@ def export_generator(gan: Path, models_dir: Path, dtype: str = "fp16", budget: s
     model_config = info.pop("model")
     if model_config is None:
         raise InputError(gan, "the checkpoint does not record its model configuration")
-    check = cast_error(model_config, state, DTYPES[dtype]) if dtype != "fp32" else None
+    check = cast_error(model_config, state, dtype) if dtype != "fp32" else None
     if check and check["mask_pixels_differing"] > max_mask_disagreement:
         raise InputError(gan, f"{dtype} changes {check['mask_pixels_differing']:.2%} of the generated mask pixels "
                               f"(limit {max_mask_disagreement:.2%}): export with a wider --dtype "
                               f"({'fp16 or ' if dtype == 'bf16' else ''}fp32)")
     out = models_dir / weights_name("generator", budget)
-    _write_state(cast_state(state, DTYPES[dtype]), out)
+    save_state_dict(cast_state_dict(state, dtype), out)
     _record(models_dir, out.name, info | {
         "what": "EMA generator (image + label heads), plain state dict",
         "dtype": dtype, "cast_check": check, "sha256": file_sha256(out),
@@ -217,7 +201,7 @@ def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget:
                                       "or pass --allow-other-generator)")
     kind = "encoder" if modality is None else f"encoder_{modality.lower()}"
     out = models_dir / weights_name(kind, budget)
-    _write_state(cast_state(state, DTYPES[dtype]), out)
+    save_state_dict(cast_state_dict(state, dtype), out)
     what = "encoder image -> W+" + ("" if modality is None else f", for {modality.upper()} studies")
     _record(models_dir, out.name, info | {
         "what": what + ", plain state dict", "dtype": dtype, "sha256": file_sha256(out),
@@ -230,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gan", type=Path, help="GAN run folder or its checkpoint.pt: writes the EMA generator")
     parser.add_argument("--encoder", type=Path, help="encoder run folder or its encoder.pt")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the one segment uses: $MEDSEMGAN_BUNDLE, the checkout's bundles/medsemgan_liver, else the user folder)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="stored precision (default fp16)")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp16", help="stored precision (default fp16)")
     parser.add_argument("--budget", default=None,
                         help="label budget of these weights: 'all' (default) writes generator.pt/encoder.pt, "
                              "N writes generator_N.pt/encoder_N.pt (the report's other columns)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from medsemgan.data.io import as_volume, load_image, match_label_to_image, read_volume
 from medsemgan.data.readers import list_dicom_series
+from medsemgan.modality import looks_like_ct
 from medsemgan.paths import data_root
 
 MAX_LISTED_VALUES = 16
@@ -45,7 +46,7 @@ def _guess_modality(array: np.ndarray) -> tuple[str, str]:
     values = array[:: max(1, array.size // 2_000_000)]  # a subsample is enough for a guess
     if np.all(np.mod(values, 1) == 0) and values.min() >= 0 and np.unique(values).size <= 64:
         return "label", "intensities (few non-negative integer values)"
-    if float(array.min()) <= -500:
+    if looks_like_ct(array):
         return "CT", "intensities (air below -500: Hounsfield units)"
     return "MR", "intensities (no Hounsfield air values)"
 

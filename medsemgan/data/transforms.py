@@ -31,6 +31,8 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
+from medsemgan.modality import modality_name
+
 # Canonical orientation of every array that reaches a model: axis 0 runs anterior -> posterior,
 # axis 1 patient right -> left, axis 2 inferior -> superior. A slice [X, Y] shown as an image
 # (rows = axis 0, columns = axis 1) is then the radiological view: anterior up, the patient's
@@ -166,11 +168,11 @@ def _spacing(image: torch.Tensor) -> np.ndarray:
 
 def intensity_transform(modality: str, key: str = "image", ct_window: tuple[float, float] = CT_WINDOW):
     """CT: window in HU -> [-1, 1] (clipped). MRI: robust percentiles -> [-1, 1] (clipped)."""
-    modality = modality.upper()
+    modality = modality_name(modality)
     if modality == "CT":
         a_min, a_max = ct_window_range(*ct_window)
         return ScaleIntensityRanged(keys=key, a_min=a_min, a_max=a_max, b_min=-1.0, b_max=1.0, clip=True)
-    if modality in ("MR", "MRI"):
+    if modality == "MR":
         lower, upper = MR_PERCENTILES
         return ScaleIntensityRangePercentilesd(
             keys=key, lower=lower, upper=upper, b_min=-1.0, b_max=1.0, clip=True
@@ -191,8 +193,7 @@ def preprocess(
     Missing label keys are allowed, so the same ``Compose`` serves inference on images alone.
     Output: ``[1, S, S, Z]`` with ``Z`` the number of input slices, in ``CANONICAL_AXCODES``.
     """
-    modality = modality.upper()
-    modality = "MR" if modality == "MRI" else modality
+    modality = modality_name(modality)
     if isinstance(spatial_size, int):
         spatial_size = (spatial_size, spatial_size)
     spatial_size = tuple(int(s) for s in spatial_size)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medsemgan.config_files import read_yaml_mapping
 from medsemgan.errors import InputError
+from medsemgan.modality import MODALITIES, modality_name
 from medsemgan.paths import CONFIG_DIR, REPO_DIR
 
 DEFAULT_CONFIG = CONFIG_DIR / "report.yaml"
@@ -97,9 +98,8 @@ def _test_set(raw: dict, data_root: Path | None, source: str) -> TestSet:
     for key in ("key", "modality"):
         if key not in raw:
             raise InputError(source, f"every test set needs '{key}': {raw}")
-    modality = str(raw["modality"]).upper()
-    modality = "MR" if modality == "MRI" else modality
-    if modality not in ("CT", "MR"):
+    modality = modality_name(raw["modality"])
+    if modality not in MODALITIES:
         raise InputError(source, f"test set {raw['key']}: modality must be CT or MR, got {raw['modality']!r}")
     cases = []
     if raw.get("studies"):

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +33,6 @@ from medsemgan.inference.model import SegmentationModel
 from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict, signal_record
 from medsemgan.inference.options import (  # noqa: F401  (SegmentOptions, modality_overrides re-exported)
     DEFAULT_BATCH_SIZE, SegmentOptions, modality_overrides, resolve_modality)
-from medsemgan.inference.tto import TTOOptions
 from medsemgan.modality import guess_modality  # noqa: F401  (re-exported)
 from medsemgan.weights import resolve_device
 from medsemgan.inference.writers import write_json, write_mask, write_probability

@@ -24,6 +24,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsemgan.errors import InputError
+from medsemgan.weights import is_state_dict, read_weights
 
 DEFAULT_RESOLUTION = 128
 
@@ -69,13 +70,10 @@ class UNetSegmenter(torch.nn.Module):
         arch.update({k: v for k, v in (info.get("architecture") or {}).items() if k in MODEL_DEFAULTS})
         arch.update(architecture or {})
         resolution = int(resolution or info.get("resolution") or DEFAULT_RESOLUTION)
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - truncated, not a torch file, or unsafe pickle
-            raise InputError(weights, f"cannot read U-Net weights: {' '.join(str(err).split())[:300]}") from None
+        state = read_weights(weights, "U-Net weights")
         if isinstance(state, dict) and isinstance(state.get("net"), dict):
             state = state["net"]  # a training checkpoint
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        if not is_state_dict(state):
             raise InputError(weights, "not a U-Net state dict (expected tensor names -> tensors)")
         net = build_unet(arch)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

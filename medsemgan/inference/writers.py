@@ -6,16 +6,14 @@ case leaves no file behind.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from medsemgan.io_utils import atomic_path
+from medsemgan.io_utils import atomic_path, write_json  # noqa: F401  (write_json re-exported)
 
 
 def _affine(volume: torch.Tensor, affine: np.ndarray | torch.Tensor | None) -> np.ndarray:
@@ -70,10 +68,3 @@ def write_mask(mask: torch.Tensor, path: str | os.PathLike,
 def write_probability(prob: torch.Tensor, path: str | os.PathLike,
                       affine: np.ndarray | torch.Tensor | None = None) -> Path:
     return write_nifti(prob, path, affine, np.float32)
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return path

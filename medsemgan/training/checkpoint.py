@@ -18,6 +18,7 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
+from medsemgan.weights import DTYPES, cast_state_dict, read_weights, save_state_dict
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -79,10 +80,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no checkpoint here (nothing to resume from)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds non-tensor objects
-        raise InputError(path, f"cannot read checkpoint: {err}") from None
+    state = read_weights(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise InputError(path, f"not a medsemgan GAN checkpoint (format {FORMAT_VERSION} expected)")
     return state
@@ -94,8 +92,6 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
 
 # --- export -----------------------------------------------------------------------------------
 
-_EXPORT_DTYPES = {None: None, "fp32": None, "float32": None, "bf16": torch.bfloat16,
-                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 def generator_state_dict(source: torch.nn.Module | dict | str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -120,16 +116,6 @@ def export_generator(
     kept as they are. Loads with ``torch.load(path, weights_only=True)`` + ``load_state_dict``
     (cast back to float32 first when the model runs in float32).
     """
-    if dtype not in _EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(k for k in _EXPORT_DTYPES if k)} or None")
-    target = _EXPORT_DTYPES[dtype]
-    state = {}
-    for key, value in generator_state_dict(source).items():
-        value = value.detach().to("cpu").contiguous()
-        if target is not None and value.is_floating_point():
-            value = value.to(target)
-        state[key] = value.clone()
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        torch.save(state, tmp)
-    return out_path
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None")
+    return save_state_dict(cast_state_dict(generator_state_dict(source), dtype), out_path)

@@ -40,6 +40,7 @@ from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
 from medsemgan.training.config import merge_section, read_yaml
 from medsemgan.models.unet import MODEL_DEFAULTS, build_unet  # noqa: F401  (re-exported)
+from medsemgan.weights import DTYPES as _DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,6 @@ class UNetTrainer:
 
 # --- export -----------------------------------------------------------------------------------
 
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def export_state_dict(net: torch.nn.Module, path: str | os.PathLike, dtype: str = "fp16") -> Path:
