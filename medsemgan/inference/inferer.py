@@ -29,6 +29,36 @@ from medsemgan.inference.tto import TTOOptions, invert
 MODALITY_META_KEY = "medsemgan_modality"
 
 
+def restart_init(start: str, solved: dict[str, torch.Tensor], generator: torch.nn.Module) -> torch.Tensor:
+    """Starting w+ per slice for a restart (``TTOOptions.restarts``) from a solved volume."""
+    ws, loss = solved["ws"], solved["loss"]
+    if start == "mean":
+        w_avg = generator.w_avg.detach().float().to(ws.device)
+        return w_avg.expand_as(ws).clone()
+    if start == "neighbour":
+        k = torch.arange(ws.shape[0], device=ws.device)
+        below, above = (k - 1).clamp(min=0), (k + 1).clamp(max=ws.shape[0] - 1)
+        neighbour = torch.where(loss[below] <= loss[above], below, above)
+        return ws[neighbour].clone()
+    raise ValueError(f"unknown restart {start!r}")
+
+
+def keep_better(solved: dict[str, torch.Tensor], again: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per slice, the solution with the lower objective; steps add up; the out-of-domain signal
+    stays the first pass's (it is defined at the encoder's w+)."""
+    better = again["loss"] < solved["loss"]
+    merged = {}
+    for key, value in solved.items():
+        if key in ("structure",):
+            merged[key] = value
+        elif key == "steps":
+            merged[key] = value + again[key]
+        else:
+            mask = better.view(-1, *([1] * (value.ndim - 1)))
+            merged[key] = torch.where(mask, again[key], value)
+    return merged
+
+
 def _modalities(inputs: torch.Tensor, n: int, modality: str | None) -> list[str | None]:
     """One modality per volume of the batch: the argument, else the (collated) metadata entry."""
     if modality is not None:
@@ -61,6 +91,23 @@ class TTOInferer(Inferer):
     def options_for(self, modality: str | None) -> TTOOptions:
         return self.modality_options.get((modality or "").upper(), self.options)
 
+    def _solve(self, G, E, slices: torch.Tensor, options: TTOOptions, ws_init: torch.Tensor | None,
+               what: str) -> dict[str, torch.Tensor]:
+        """Every slice of one volume, in batches of ``batch_size``, from the encoder or ``ws_init``."""
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ws", "logits", "recon", "structure", "loss", "steps")}
+        chunks = slices.split(self.batch_size)
+        for i, chunk in enumerate(tqdm(chunks, desc=f"{what}slice batches", leave=False,
+                                       disable=not self.progress or len(chunks) < 2)):
+            first = i * self.batch_size
+            init = None if ws_init is None else ws_init[first:first + chunk.shape[0]]
+            result = invert(G, E, chunk, options, ws_init=init, progress=self.progress,
+                            desc=f"{what}optimising {first + 1}-{first + chunk.shape[0]}/{slices.shape[0]}")
+            for key, value in (("ws", result.ws), ("logits", result.label_logits), ("recon", result.recon_mse),
+                               ("structure", result.structure_error), ("loss", result.loss),
+                               ("steps", result.steps_run)):
+                parts[key].append(value)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any,
                  modality: str | None = None, **kwargs: Any):
         """``network``: a ``SegmentationModel`` (anything with ``.generator`` and ``.encoder``)."""
@@ -76,23 +123,16 @@ class TTOInferer(Inferer):
             # A model may carry an encoder per modality (SegmentationModel.encoder_for).
             E = network.encoder_for(modalities[b]) if hasattr(network, "encoder_for") else network.encoder
             slices = volumes[b].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)  # [D,1,S,S]
-            logits_b, recon_b, structure_b, loss_b, steps_b = [], [], [], [], []
-            chunks = slices.split(self.batch_size)
-            for i, chunk in enumerate(tqdm(chunks, desc="slice batches", leave=False,
-                                           disable=not self.progress or len(chunks) < 2)):
-                result = invert(G, E, chunk, options, progress=self.progress,
-                                desc=f"optimising {i * self.batch_size + 1}-"
-                                     f"{i * self.batch_size + chunk.shape[0]}/{slices.shape[0]}")
-                logits_b.append(result.label_logits)
-                recon_b.append(result.recon_mse)
-                structure_b.append(result.structure_error)
-                loss_b.append(result.loss)
-                steps_b.append(result.steps_run)
-            outputs.append(torch.cat(logits_b).permute(1, 2, 3, 0))  # [L,S,S,D]
-            recon.append(torch.cat(recon_b))
-            structure.append(torch.cat(structure_b))
-            loss.append(torch.cat(loss_b))
-            steps.append(torch.cat(steps_b))
+            solved = self._solve(G, E, slices, options, None, "")
+            for start in options.restarts:
+                init = restart_init(start, solved, G)
+                again = self._solve(G, E, slices, options, init, f"restart {start} ")
+                solved = keep_better(solved, again)
+            outputs.append(solved["logits"].permute(1, 2, 3, 0))  # [L,S,S,D]
+            recon.append(solved["recon"])
+            structure.append(solved["structure"])
+            loss.append(solved["loss"])
+            steps.append(solved["steps"])
         logits = torch.stack(outputs)
         self.last_extras = {"recon_mse": torch.stack(recon), "structure_error": torch.stack(structure),
                             "loss": torch.stack(loss),

@@ -56,6 +56,8 @@ class SegmentOptions:
     save_prob: bool = False
     threshold: float = 0.5
     progress: bool = False
+    postprocess: str | None = None  # 'none', 'largest', 'largest_fill' (inference/postprocess.py)
+    restarts: tuple[str, ...] | None = None  # extra TTO starting points ('neighbour', 'mean')
     extra_tto: dict = field(default_factory=dict)  # any other TTOOptions field
 
     def tto_options(self, inference_cfg: dict, modality: str | None = None) -> TTOOptions:
@@ -65,6 +67,8 @@ class SegmentOptions:
                          lr=self.lr, early_stop_patience=self.early_stop_patience, bf16=self.bf16)
         if self.optimize_noise is not None:  # else keep an extra_tto value
             overrides["optimize_noise"] = self.optimize_noise
+        if self.restarts is not None:
+            overrides["restarts"] = tuple(self.restarts)
         section = dict(inference_cfg)
         if modality is not None:
             section.update(modality_overrides(inference_cfg).get(modality.upper(), {}))
@@ -73,6 +77,12 @@ class SegmentOptions:
     def modality_tto_options(self, inference_cfg: dict) -> dict[str, TTOOptions]:
         """``tto_options`` for every modality the configuration overrides (for ``TTOInferer``)."""
         return {m: self.tto_options(inference_cfg, m) for m in modality_overrides(inference_cfg)}
+
+    def postprocess_mode(self, inference_cfg: dict) -> str:
+        """The user's choice, else the configuration's ``inference.postprocess`` (default none)."""
+        from medsemgan.inference.postprocess import check_mode
+
+        return check_mode(self.postprocess if self.postprocess is not None else inference_cfg.get("postprocess"))
 
     def slice_batch(self, inference_cfg: dict) -> int:
         return int(self.batch_size or inference_cfg.get("batch_size", DEFAULT_BATCH_SIZE))

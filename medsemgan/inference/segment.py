@@ -31,6 +31,8 @@ from medsemgan.errors import InputError
 from medsemgan.inference.inferer import TTOInferer
 from medsemgan.inference.model import SegmentationModel
 from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict, signal_record
+from medsemgan.inference.postprocess import POSTPROCESS_MODES, postprocess_mask
+from medsemgan.inference.tto import RESTART_STARTS
 from medsemgan.inference.options import (  # noqa: F401  (SegmentOptions, modality_overrides re-exported)
     DEFAULT_BATCH_SIZE, SegmentOptions, modality_overrides, resolve_modality)
 from medsemgan.modality import guess_modality  # noqa: F401  (re-exported)
@@ -118,6 +120,8 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
     prob_volume = MetaTensor(predicted.probability.clamp_(0, 1), affine=image.affine.clone())
     mask = MetaTensor((prob_volume.as_tensor() > options.threshold).to(torch.uint8),
                       affine=image.affine.clone())
+    postprocess = options.postprocess_mode(cfg)
+    mask = postprocess_mask(mask, postprocess)
     per_slice = {k: v[0].cpu() for k, v in inferer.last_extras.items()}
     objective = per_slice["loss"]
     verdict = ood_verdict(per_slice, *ood_setting(cfg))
@@ -133,6 +137,8 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "objective": [round(float(v), 6) for v in objective],
         "mean_objective": float(objective.mean()),
         **verdict,
+        "restarts": list(inferer.options_for(predicted.modality).restarts),
+        "postprocess": postprocess,
         "liver_voxels": int(mask.sum()),
         "liver_volume_ml": liver_volume_ml(mask, image.affine),
         "seconds": time.perf_counter() - started,
@@ -321,6 +327,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimize-noise", action=argparse.BooleanOptionalAction, default=None,
                         help="also optimise per-slice noise maps (default: the configuration's "
                              "optimize_noise, off in the shipped configs)")
+    parser.add_argument("--postprocess", choices=list(POSTPROCESS_MODES), default=None,
+                        help="3-D clean-up of the mask: keep the largest connected component "
+                             "('largest'), and fill enclosed holes ('largest_fill'); default: the "
+                             "configuration's inference.postprocess")
+    parser.add_argument("--restarts", default=None, metavar="START[,START]",
+                        help="extra test-time optimisation starts per slice, kept when their objective "
+                             "ends lower: 'neighbour' (the adjacent slice's solved w+), 'mean' (the mean "
+                             "latent); each costs one more optimisation pass")
     parser.add_argument("--modality", choices=["CT", "MR", "ct", "mr"], default=None,
                         help="override the modality (NIfTI/NRRD files do not record it)")
     parser.add_argument("--save-prob", action="store_true",
@@ -378,6 +392,16 @@ def output_paths(output: Path, case: str, single_file: bool, save_prob: bool, pr
     return paths
 
 
+def _restarts(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    starts = tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
+    unknown = [s for s in starts if s not in RESTART_STARTS]
+    if unknown:
+        raise InputError(None, f"--restarts: unknown start {unknown[0]!r}; choose from {', '.join(RESTART_STARTS)}")
+    return starts
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for name, low in (("batch_size", 1), ("steps", 0), ("threads", 1)):
         value = getattr(args, name, None)
@@ -397,7 +421,8 @@ def _segmenter(args: argparse.Namespace, device: torch.device, options: SegmentO
 
         unet = UNetSegmenter.from_file(args.unet_weights).to(device)
         return lambda image: segment_volume_unet(image, unet, options.modality, options.batch_size or 32,
-                                                 options.threshold, save_prob=options.save_prob)
+                                                 options.threshold, save_prob=options.save_prob,
+                                                 postprocess=options.postprocess)
     model = load_model(args).to(device)
     return lambda image: segment_volume(image, model, options)
 
@@ -464,7 +489,9 @@ def run(args: argparse.Namespace) -> int:
     options = SegmentOptions(steps=args.steps, encoder_only=args.encoder_only, batch_size=args.batch_size,
                              seed=args.seed, modality=args.modality, save_prob=args.save_prob,
                              progress=not args.no_progress,
-                             optimize_noise=getattr(args, "optimize_noise", None))
+                             optimize_noise=getattr(args, "optimize_noise", None),
+                             postprocess=getattr(args, "postprocess", None),
+                             restarts=_restarts(getattr(args, "restarts", None)))
     segmenter = _segmenter(args, device, options) if plan else None
     done, failed = [], []
     bar = tqdm(plan, desc="studies", unit="study", disable=args.no_progress or len(plan) < 2)

@@ -42,6 +42,7 @@ from medsemgan.inference.losses import (PERCEPTUAL_LOSSES, lncc_loss_per_slice, 
 from medsemgan.models.layers import MODCONV_SETTINGS, ModulatedConv2d
 
 NOISE_INITS = ("random", "const")
+RESTART_STARTS = ("neighbour", "mean")
 
 
 @dataclass
@@ -70,6 +71,10 @@ class TTOOptions:
     # convolution where the grouped form also needs a weight gradient per sample.
     modconv_form: str | None = "batched"
     seed: int = 0
+    # Extra starting points per slice, each optimised like the first (the encoder's guess); a
+    # slice keeps the start whose objective ends lowest (TTOInferer). 'neighbour': the solved w+
+    # of the adjacent slice (above or below) with the lower objective; 'mean': the mean latent.
+    restarts: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides) -> "TTOOptions":
@@ -80,6 +85,9 @@ class TTOOptions:
         values.update({k: v for k, v in overrides.items() if v is not None and k in names})
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
+        if "restarts" in values:
+            restarts = values["restarts"]
+            values["restarts"] = (restarts,) if isinstance(restarts, str) else tuple(restarts or ())
         options = cls(**values)
         options.validate()
         return options
@@ -102,6 +110,9 @@ class TTOOptions:
             raise ValueError(f"perceptual must be one of {sorted(PERCEPTUAL_LOSSES)}, got {self.perceptual!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
+        unknown = [r for r in self.restarts if r not in RESTART_STARTS]
+        if unknown:
+            raise ValueError(f"restarts must be among {RESTART_STARTS}, got {unknown}")
         if self.modconv_form is not None and self.modconv_form not in MODCONV_SETTINGS:
             raise ValueError(f"modconv_form must be one of {MODCONV_SETTINGS} or null, got {self.modconv_form!r}")
 

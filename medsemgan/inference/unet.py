@@ -96,7 +96,8 @@ def predict_slices(segmenter: torch.nn.Module, slices: torch.Tensor, batch_size:
 
 def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSegmenter,
                         modality: str | None = None, batch_size: int = 32,
-                        threshold: float = 0.5, save_prob: bool = False) -> tuple[MetaTensor, dict[str, Any]]:
+                        threshold: float = 0.5, save_prob: bool = False,
+                        postprocess: str | None = None) -> tuple[MetaTensor, dict[str, Any]]:
     """Segment one volume; returns ``(mask, extras)`` like ``segment_volume``.
 
     ``mask``: uint8 ``MetaTensor [1, X, Y, Z]`` on the input's grid (same shape and affine).
@@ -105,6 +106,7 @@ def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSe
     ``save_prob``.
     """
     from medsemgan.data.slices import volume_to_slices
+    from medsemgan.inference.postprocess import check_mode, postprocess_mask
     from medsemgan.inference.segment import liver_volume_ml, predict_volume
 
     def predict(volume: MetaTensor, modality: str) -> torch.Tensor:  # one network for every modality
@@ -116,7 +118,9 @@ def segment_volume_unet(image: str | os.PathLike | MetaTensor, segmenter: UNetSe
     image = predicted.image
     # The inverse transforms recompute the affine in floating point; the input's own is exact.
     mask = MetaTensor((predicted.probability > threshold).to(torch.uint8), affine=image.affine.clone())
+    mask = postprocess_mask(mask, postprocess)
     extras = {
+        "postprocess": check_mode(postprocess),
         "modality": predicted.modality,
         "modality_from": predicted.modality_from,
         "shape": [int(n) for n in image.shape[1:]],
