@@ -18,10 +18,12 @@ the field of view (and every cut-out patch) is -1 in both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+
+from medsemgan.training.modality_augment import ModalityAugmentConfig, modality_shift
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class AugmentConfig:
     brightness: float = 0.1  # additive shift in [-1, 1] units
     contrast: float = 0.2  # log2 contrast factor drawn from [-contrast, contrast]
     gamma: float = 0.3  # log2 gamma drawn from [-gamma, gamma]
+    # Modality shift on the image only, after the intensity jitter, for reals and fakes alike (the
+    # keys of ModalityAugmentConfig; p = 0 is off): what both discriminators see then varies in
+    # contrast, so the generator is pushed to organise its latents by anatomy, not CT grey values.
+    modality_shift: ModalityAugmentConfig = field(default_factory=ModalityAugmentConfig)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AugmentConfig":
@@ -45,6 +51,8 @@ class AugmentConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown augment keys {unknown}; known: {sorted(known)}")
+        if not isinstance(values.get("modality_shift", ModalityAugmentConfig()), ModalityAugmentConfig):
+            values["modality_shift"] = ModalityAugmentConfig.from_dict(values["modality_shift"])
         return cls(**values)
 
 
@@ -131,4 +139,5 @@ def augment_pair(
         if mask is not None:
             mask = (mask + 1) * keep.to(mask.dtype) - 1
     image = intensity(image, cfg)
+    image = modality_shift(image, cfg.modality_shift)
     return image, mask

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from medsemgan.training.augment import AugmentConfig, augment_pair
@@ -69,3 +70,37 @@ def test_disabled_is_identity_and_unknown_keys_rejected():
         assert "flip" in str(err)
     else:
         raise AssertionError("unknown key accepted")
+
+
+def test_modality_shift_is_off_by_default_and_changes_nothing_then():
+    image, mask = torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 32, 32) * 2 - 1
+    assert not AugmentConfig().modality_shift.enabled
+    torch.manual_seed(5)
+    plain = augment_pair(image, mask, AugmentConfig())
+    torch.manual_seed(5)
+    explicit = augment_pair(image, mask, AugmentConfig.from_dict({"modality_shift": {"p": 0.0}}))
+    assert torch.equal(plain[0], explicit[0]) and torch.equal(plain[1], explicit[1])
+
+
+def test_modality_shift_remaps_the_image_only_and_passes_gradients():
+    geometry_only = {"p": 1.0, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "cutout": 0.0}
+    shifted_cfg = AugmentConfig.from_dict({**geometry_only, "modality_shift": {"p": 1.0}})
+    plain_cfg = AugmentConfig.from_dict(geometry_only)
+    base = torch.linspace(-1, 1, 32 * 32).view(1, 1, 32, 32).repeat(3, 1, 1, 1)
+    image = base.clone().requires_grad_(True)
+    mask = (base > 0).float() * 2 - 1
+    torch.manual_seed(7)
+    out_image, out_mask = augment_pair(image, mask, shifted_cfg)
+    torch.manual_seed(7)
+    ref_image, ref_mask = augment_pair(base, mask, plain_cfg)
+    assert torch.equal(out_mask, ref_mask)  # the label sees the same geometry, no remapping
+    assert not torch.allclose(out_image, ref_image)  # the image's grey values were remapped
+    out_image.square().sum().backward()
+    assert image.grad is not None and float(image.grad.abs().sum()) > 0  # fakes keep their gradient
+
+
+def test_modality_shift_keys_are_checked():
+    with pytest.raises(ValueError, match="modality_augment"):
+        AugmentConfig.from_dict({"modality_shift": {"p": 2.0}})
+    with pytest.raises(ValueError, match="unknown modality_augment keys"):
+        AugmentConfig.from_dict({"modality_shift": {"strength": 1}})
