@@ -10,14 +10,19 @@ up, the patient's right on the image's left), so CT and MRI panels look alike.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from medsemgan.evaluation.report_config import ReportConfig, slug
 from medsemgan.io_utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 GT_RGB = (40, 220, 60)
 PRED_RGB = (240, 40, 40)
@@ -152,3 +157,99 @@ def overlay_strip(panels: Sequence[Image.Image], title: str) -> Image.Image:
         out.paste(panel, (x, 44))
         x += panel.width + gap
     return out
+
+
+# ------------------------------------------------------------- the report's figures
+
+OVERLAY_RESOLUTION = 192
+
+
+def _display_slices(study, pred_path: Path, loaded: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image / ground truth / prediction of the slice with the most liver, in canonical
+    orientation (``preprocess`` at ``OVERLAY_RESOLUTION``: window, body crop, resize)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+
+    from medsemgan.data.transforms import preprocess
+
+    loaded = loaded or study.load()
+    image, label = loaded["image"], loaded["label"]
+    pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.float32)
+    pred_t = MetaTensor(torch.from_numpy(pred)[None], affine=image.affine.clone())
+    label_t = MetaTensor(label.as_tensor().float(), affine=image.affine.clone())
+    data = preprocess(study.modality, OVERLAY_RESOLUTION, keys=("image", "label", "pred"))(
+        {"image": image, "label": label_t, "pred": pred_t})
+    img, gt, pr = (np.asarray(data[k][0]) for k in ("image", "label", "pred"))
+    area = gt.reshape(-1, gt.shape[-1]).sum(0)
+    if not area.any():
+        area = pr.reshape(-1, pr.shape[-1]).sum(0)
+    k = int(np.argmax(area))
+    return img[..., k], gt[..., k] > 0.5, pr[..., k] > 0.5
+
+
+
+def pick_cases(rows: list[dict]) -> list[tuple[str, dict]]:
+    """Best, median and worst by Dice (fewer when there are fewer distinct cases)."""
+    ok = sorted((r for r in rows if r["status"] == "ok" and np.isfinite(r["dice"])), key=lambda r: -r["dice"])
+    if not ok:
+        return []
+    picks = [("best", ok[0]), ("median", ok[(len(ok) - 1) // 2]), ("worst", ok[-1])]
+    seen, out = set(), []
+    for tag, row in picks:
+        if row["case"] not in seen:
+            seen.add(row["case"])
+            out.append((tag, row))
+    return out
+
+
+
+def make_figures(config: ReportConfig, rows: list[dict], out: Path, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    figures: dict = {"bars": {}, "overlays": {}}
+    for ts in config.test_sets:
+        series = []
+        for m in config.methods:
+            for b in config.budgets:
+                mine = {r["case"]: r for r in rows
+                        if (r["method"], r["budget"], r["test_set"]) == (m.key, b.key, ts.key)}
+                if not mine:
+                    continue
+                values = [mine[c.name]["dice"] if c.name in mine and mine[c.name]["status"] == "ok" else None
+                          for c in ts.cases]
+                series.append((f"{m.name} ({b.title})", values))
+        if not series:
+            continue
+        path = save_png(dice_bars([c.name for c in ts.cases], series, f"Liver Dice per case: {ts.title}"),
+                        out / "figures" / f"dice_{slug(ts.key)}.png")
+        figures["bars"][ts.key] = str(path.relative_to(out))
+    if not config.overlays:
+        return figures
+    wanted = []
+    for ts in config.test_sets:
+        for m in config.methods:
+            for b in config.budgets:
+                mine = [r for r in rows if (r["method"], r["budget"], r["test_set"]) == (m.key, b.key, ts.key)]
+                picks = pick_cases(mine)
+                if picks:
+                    wanted.append((ts, m, b, picks))
+    studies = {(ts.key, c.name): c for ts in config.test_sets for c in ts.cases}
+    loaded_cache: dict = {}
+    for ts, m, b, picks in tqdm(wanted, desc="overlays", unit="fig", disable=not progress or not wanted):
+        panels = []
+        for tag, row in picks:
+            study = studies[(ts.key, row["case"])]
+            try:
+                key = (ts.key, study.name)
+                if key not in loaded_cache:
+                    loaded_cache.clear()  # keep one case in memory
+                    loaded_cache[key] = study.load()
+                img, gt, pr = _display_slices(study, Path(row["prediction"]), loaded_cache[key])
+                panels.append(overlay_panel(img, gt, pr, f"{tag}: {study.name}  Dice {row['dice']:.3f}"))
+            except Exception as err:  # noqa: BLE001 - a figure must not stop the report
+                log.warning("overlay %s/%s/%s failed: %s", m.key, b.key, study.name, err)
+        if panels:
+            path = save_png(overlay_strip(panels, f"{m.name}, {b.title}, {ts.title}"),
+                            out / "figures" / f"overlay_{slug(ts.key)}_{slug(m.key)}_{slug(b.key)}.png")
+            figures["overlays"][(ts.key, m.key, b.key)] = str(path.relative_to(out))
+    return figures

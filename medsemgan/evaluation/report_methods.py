@@ -34,7 +34,7 @@ CACHE_VERSION = 2
 # The parts of the package whose code computes a cached case result: reading and preprocessing,
 # the networks and ops, inference (SemanticGAN and U-Net), the metrics, this module and the jobs.
 CODE_PARTS = ("data", "models", "ops", "inference", "evaluation/metrics.py", "evaluation/report_methods.py",
-              "evaluation/report.py", "io_utils.py", "runtime.py", "fingerprint.py", "modality.py", "weights.py")
+              "evaluation/report_jobs.py", "io_utils.py", "runtime.py", "fingerprint.py", "modality.py", "weights.py")
 
 
 def _file_stamp(path: Path) -> list:

@@ -14,10 +14,13 @@ Two signals are measured for every slice (``medsemgan.inference.tto.TTOResult``)
 The model configuration's ``inference`` section chooses: ``ood_signal`` (``structure`` or ``mse``)
 and ``ood_threshold`` (the per-study mean above which the study is flagged). An older
 configuration with only ``ood_mse_threshold`` keeps its meaning (signal ``mse``).
+:func:`suggest_threshold` proposes a threshold from measured in-domain and out-of-domain studies
+(``medsemgan report`` calls it per signal).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
@@ -68,3 +71,24 @@ def ood_message(where: Any, verdict: Mapping[str, Any]) -> str:
             "mse": "reconstruction MSE"}[verdict["ood_signal"]]
     return (f"{where}: the generator explains this study poorly (mean {what} {verdict['ood_score']:.4f} "
             f"> {verdict['ood_threshold']:.4f}): treat the mask as out-of-domain")
+
+
+def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dict:
+    """A threshold for one out-of-domain signal from measured cases: the midpoint between the largest
+    in-domain (CT) and the smallest out-of-domain (MRI) value when every CT case lies below every
+    MRI case (``separates`` True); ``separates`` False and no threshold when they overlap (with
+    how many cases lie on the wrong side of the other set's extreme); None when a side is empty."""
+    ins = [float(v) for v in in_domain if v is not None and math.isfinite(v)]
+    outs = [float(v) for v in out_of_domain if v is not None and math.isfinite(v)]
+    result = {"in_domain_n": len(ins), "out_of_domain_n": len(outs),
+              "in_domain_max": max(ins) if ins else None, "out_of_domain_min": min(outs) if outs else None,
+              "separates": None, "threshold": None, "in_domain_above": None, "out_of_domain_below": None}
+    if ins and outs:
+        high, low = result["in_domain_max"], result["out_of_domain_min"]
+        result["separates"] = high < low
+        if result["separates"]:
+            result["threshold"] = (high + low) / 2
+        else:
+            result["in_domain_above"] = sum(v >= low for v in ins)
+            result["out_of_domain_below"] = sum(v <= high for v in outs)
+    return result

@@ -112,7 +112,7 @@ def test_report_end_to_end(workspace, tmp_path):
 
 
 def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_path, monkeypatch):
-    from medsemgan.evaluation import report as report_module
+    from medsemgan.evaluation import report_jobs as report_module
 
     # a fixed code fingerprint: the source files may change while the test runs (shared checkout)
     monkeypatch.setattr(report_module, "code_fingerprint", lambda parts: "fixed")
@@ -156,7 +156,7 @@ def test_rerun_uses_cache_and_adding_a_method_computes_only_it(workspace, tmp_pa
 
 def test_code_or_case_change_recomputes_and_nothing_else_does(workspace, tmp_path, monkeypatch):
     """The cache is keyed on the code that computes a case and on the case's bytes (issue 18)."""
-    from medsemgan.evaluation import report as report_module
+    from medsemgan.evaluation import report_jobs as report_module
 
     data = tmp_path / "data"
     shutil.copytree(workspace / "data", data)
@@ -505,3 +505,30 @@ def test_a_per_modality_encoder_keys_only_its_own_cases(tmp_path):
     raw["methods"][0]["weights"]["all"]["encoder_pet"] = "x.pt"
     with pytest.raises(InputError, match="unknown weight keys"):
         parse_config(raw, "test")
+
+
+def test_one_number_formatter():
+    from medsemgan.evaluation.report_markdown import dice_text, fmt
+
+    assert [fmt(None), fmt(float("inf")), fmt(float("nan")), fmt(0.12345), fmt(-49.75)] == \
+        ["–", "–", "–", "0.123", "-49.750"]
+    assert fmt(0.0123456, 4, significant=True) == "0.01235" and fmt(12345.6, 4, significant=True) == "1.235e+04"
+    assert dice_text({"n": 2, "mean": 0.5, "std": 0.25}) == "0.500 ± 0.250"
+    assert dice_text({"n": 1, "mean": 0.5, "std": None}) == "0.500"
+    assert dice_text({"n": 0, "mean": None, "std": None}) == "–"
+
+
+def test_every_ct_test_set_of_the_configuration_is_in_domain(workspace):
+    """The CT side of the threshold suggestion is every CT test set the YAML lists (a CT dev set
+    added next to the CT test set counts), the MR side every MR one."""
+    from medsemgan.evaluation.report_summary import summarise
+
+    raw = raw_config(workspace)
+    raw["methods"] = [m for m in raw["methods"] if m["key"] == "gan"]
+    raw["test_sets"].append(dict(raw["test_sets"][0], key="ct_dev", title="CT dev"))
+    config = parse_config(raw, "test")
+    rows = [_gan_row("ct", "c0", "all", 0.01, False), _gan_row("mri", "m0", "all", 0.05, False),
+            dict(_gan_row("ct", "c1", "all", 0.03, False), test_set="ct_dev")]
+    suggestion = summarise(config, rows, {})["ood_thresholds"]["gan"]["all"]["mse"]
+    assert (suggestion["in_domain_n"], suggestion["in_domain_max"]) == (2, 0.03)
+    assert suggestion["threshold"] == pytest.approx(0.04)
