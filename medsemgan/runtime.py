@@ -12,15 +12,23 @@ step, slightly less for one slice). The cost is that the process keeps up to
 This is what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment do, set
 from inside the process so that ``medsemgan`` and the bundle get it without a wrapper script.
 Other allocators (macOS, musl, jemalloc/tcmalloc preloaded by the user) are left alone.
+
+torch's thread count is process-wide too: :func:`restores_torch_threads` marks a function that may
+change it (the ``--threads`` options of the benchmarks and the report) and puts it back when the
+function returns, so a caller in the same process (a test, a notebook) keeps its own setting.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +74,19 @@ def keep_freed_memory() -> bool:
         log.debug("mallopt refused the allocator thresholds; leaving the allocator as it is")
     _applied = ok
     return ok
+
+
+def restores_torch_threads(function: F) -> F:
+    """Decorator: whatever ``function`` does to ``torch.set_num_threads``, the caller's thread
+    count is back when it returns or raises."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+    return wrapper  # type: ignore[return-value]

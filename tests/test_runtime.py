@@ -55,3 +55,37 @@ def test_leaves_other_platforms_alone(fresh_state, monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert runtime._glibc() is None
     assert runtime.keep_freed_memory() is False
+
+
+def test_functions_that_set_torch_threads_put_them_back():
+    """Issue 18: a library function's --threads must not change the caller's thread count."""
+    import importlib
+
+    import torch
+
+    from medsemgan.runtime import restores_torch_threads
+
+    before = torch.get_num_threads()
+
+    @restores_torch_threads
+    def sets_one_thread_and_fails():
+        torch.set_num_threads(1)
+        raise RuntimeError("boom")
+
+    @restores_torch_threads
+    def sets_one_thread():
+        torch.set_num_threads(1)
+        return torch.get_num_threads()
+
+    try:
+        assert sets_one_thread() == 1
+        assert torch.get_num_threads() == before
+        with pytest.raises(RuntimeError):
+            sets_one_thread_and_fails()
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+    for module in ("medsemgan.bench.model", "medsemgan.bench.infer", "medsemgan.bench.ops", "medsemgan.bench.train",
+                   "medsemgan.evaluation.report"):
+        run = importlib.import_module(module).run
+        assert getattr(run, "__wrapped__", None) is not None, f"{module}.run does not restore the thread count"

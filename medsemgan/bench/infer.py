@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from medsemgan.errors import InputError
+from medsemgan.runtime import restores_torch_threads
 
 DEFAULT_MR = Path("mr") / "chaos_t2" / "image_2.nii.gz"
 DEFAULT_CT = Path("ct") / "chaos_ct_1" / "DICOM_anon"
@@ -124,6 +125,7 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats
             "speedup_vs_reference_loop": round(plain_wall / max(b_wall, 1e-9), 2)}
 
 
+@restores_torch_threads
 def run(args: argparse.Namespace) -> dict:
     from medsemgan.weights import resolve_device
     from medsemgan.inference.options import SegmentOptions

@@ -50,6 +50,7 @@ from medsemgan.models.config import load_model_config
 from medsemgan.models.generator import count_parameters
 from medsemgan.models.layers import set_modconv_form
 from medsemgan.ops.bias_act import bias_act
+from medsemgan.runtime import restores_torch_threads
 
 OPS_ENV = "MEDSEMGAN_OPS"
 IMPLS = ("fused", "reference")
@@ -538,6 +539,7 @@ def machine() -> dict:
     }
 
 
+@restores_torch_threads
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)

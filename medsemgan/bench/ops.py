@@ -21,6 +21,7 @@ import torch
 from medsemgan.ops import loader
 from medsemgan.ops.bias_act import bias_act
 from medsemgan.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upsample2d
+from medsemgan.runtime import restores_torch_threads
 
 # name -> (shape, dtype): the generator's bias+lrelu after a 3x3 conv at 32 px / 128 px (batch 4,
 # 256 / 64 channels) and the mapping network's fully connected layers.
@@ -104,6 +105,7 @@ def _shrink(shape, quick):
     return [shape[0]] + [max(1, s // 4) if quick and s > 8 else s for s in shape[1:]]
 
 
+@restores_torch_threads
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(max(1, args.threads))
     repeats = 3 if args.quick else max(1, args.repeats)

@@ -26,6 +26,7 @@ import time
 import torch
 
 from medsemgan.training.config import LEVER_KEYS, levers_from, load_config
+from medsemgan.runtime import restores_torch_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,7 @@ def _timed_step(trainer) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+@restores_torch_threads
 def run(args: argparse.Namespace) -> dict:
     from medsemgan.ops import loader
     from medsemgan.training.run import build_networks, seed_everything

@@ -71,6 +71,7 @@ from medsemgan.evaluation.report_summary import (  # noqa: F401  (re-exported)
     DISTANCE_METRICS, IN_DOMAIN, OOD_SIGNAL_COLUMNS, OUT_OF_DOMAIN, excluded_cases, summarise)
 from medsemgan.inference.ood import suggest_threshold  # noqa: F401  (re-exported)
 from medsemgan.io_utils import atomic_path
+from medsemgan.runtime import restores_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 
+@restores_torch_threads
 def run(args: argparse.Namespace) -> int:
     path = Path(args.config)
     raw = read_report_yaml(path)
