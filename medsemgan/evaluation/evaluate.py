@@ -293,8 +293,9 @@ def ground_truth(args: argparse.Namespace) -> tuple[list[Path], int | tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
+    pred_files = list_masks(args.pred)  # a bad --pred is named first
     gt_files, args.label_gt = ground_truth(args)
-    pairs, unmatched_pred, unmatched_gt = pair_cases(list_masks(args.pred), gt_files)
+    pairs, unmatched_pred, unmatched_gt = pair_cases(pred_files, gt_files)
     if not pairs:
         raise InputError(
             args.pred, f"no prediction matches a ground-truth case name in {args.gt}"
