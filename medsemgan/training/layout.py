@@ -69,6 +69,7 @@ def launch(layout: Layout, module_args: list[str]) -> int:
     Returns the exit code: 0 when every worker finished, the first failing worker's code
     otherwise (a worker stopped by SIGINT/SIGTERM checkpoints first and exits 130/143).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -83,4 +84,9 @@ def launch(layout: Layout, module_args: list[str]) -> int:
     except ChildFailedError as err:
         codes = [f.exitcode for f in err.failures.values()]
         return next((abs(c) for c in codes if c), 1)
+    except SignalException as err:
+        # The launcher passed the signal on to the workers and waited for them (they finish the
+        # iteration and checkpoint); exit as a process stopped by that signal would.
+        log.warning("stopped by %s: the workers checkpointed; resume with --resume", err.sigval.name)
+        return 128 + int(err.sigval)
     return 0

@@ -20,6 +20,7 @@ def tiny_config(training: dict | None = None, data: dict | None = None, model: d
     t = {
         "seed": 3,
         "device": "cpu",
+        "processes": 1,  # one process unless a test asks for the launched layout
         "batch_size": 4,
         "labeled_batch_size": 2,
         "kimg": 0.024,  # 6 iterations

@@ -46,3 +46,42 @@ def test_workers_get_every_override_and_the_resolved_run_folder(tmp_path):
     assert "--batch" not in words  # not given: the config decides
     reparsed = parser.parse_args(words[2:])
     assert reparsed.processes == "2" and reparsed.threads == 1 and reparsed.resume
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launched_command_checkpoints_and_exits_143(tmp_path):
+    """The default CPU layout (torchrun workers): a SIGTERM to `train gan` reaches the workers,
+    which finish their iteration and checkpoint; the command exits like a process stopped by it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from helpers import tiny_config
+
+    from medsemgan.training.checkpoint import load_checkpoint
+
+    config = tiny_config({"kimg": 0.4, "log_every": 1, "checkpoint_kimg": 1.0})
+    config.pop("_source", None)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "medsemgan.cli", "train", "gan", "--config", str(tmp_path / "tiny.yaml"),
+               "--out", str(run_dir), "--processes", "2"]
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        stats, deadline = run_dir / "stats.jsonl", time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if stats.exists() and len(stats.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    log = (tmp_path / "err").read_text()
+    assert proc.returncode == 143, log[-2000:]
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert 3 <= state["step"] < 100
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # both workers took part
+    assert "batch 4 on 2 process(es)" in log
+    assert not (run_dir / "generator_ema.pt").exists()
