@@ -22,6 +22,7 @@ from monai.transforms import Compose, InvertibleTransform, MapTransform
 from medsemgan.bundle.options import as_optional_str
 from medsemgan.errors import InputError
 from medsemgan.inference.inferer import MODALITY_META_KEY
+from medsemgan.inference.postprocess import check_mode, postprocess_mask
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class SaveMaskd(MapTransform):
     def __init__(self, keys="pred", output_dir: str | os.PathLike = "output", threshold: float = 0.5,
                  output_postfix: str = "", case_key: str = "case", inferer: Any = None,
                  ood_signal: str | None = None, ood_threshold: float | None = None,
-                 allow_missing_keys: bool = False) -> None:
+                 postprocess: str | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
@@ -157,6 +158,7 @@ class SaveMaskd(MapTransform):
         # The out-of-domain verdict is written when both are given (medsemgan.inference.ood).
         self.ood_signal = ood_signal
         self.ood_threshold = ood_threshold
+        self.postprocess = check_mode(postprocess)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         from medsemgan.inference.writers import write_json, write_mask
@@ -173,6 +175,7 @@ class SaveMaskd(MapTransform):
                 raise RuntimeError(f"{case}: inverted prediction has shape {tuple(prob.shape[1:])}, "
                                    f"input {expected}")
             mask = MetaTensor((prob > self.threshold).to(torch.uint8), affine=affine.clone())
+            mask = postprocess_mask(mask, self.postprocess)
             path = write_mask(mask, self.output_dir / f"{case}{self.output_postfix}.nii.gz")
             d[key] = mask
             d[f"{key}_path"] = str(path)
@@ -182,12 +185,16 @@ class SaveMaskd(MapTransform):
         return d
 
     def _write_extras(self, d: dict, case: str, mask: torch.Tensor, write_json) -> None:
+        from medsemgan.inference.segment import liver_volume_ml
+
         extras = getattr(self.inferer, "last_extras", None) or {}
         record: dict[str, Any] = {"case": case, "input": d.get("image_path"),
                                   "modality": d.get(MODALITY_KEY),
                                   "modality_from": d.get(MODALITY_FROM_KEY),
                                   "shape": [int(n) for n in mask.shape[1:]],
-                                  "liver_voxels": int(mask.sum())}
+                                  "liver_voxels": int(mask.sum()),
+                                  "liver_volume_ml": liver_volume_ml(mask, mask.affine),
+                                  "postprocess": self.postprocess}
         if "recon_mse" in extras and extras["recon_mse"].shape[0] == 1:
             from medsemgan.inference.ood import ood_message, ood_verdict, signal_record
 

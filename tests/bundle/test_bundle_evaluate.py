@@ -79,7 +79,8 @@ def test_evaluate_runs_the_inference_chain_of_inference_json():
     assert evaluate["preprocessing"]["transforms"][1:] == inference["preprocessing"]["transforms"][1:]
     for key, value in inference["evaluator"].items():
         assert evaluate["evaluator"][key] == value, key
-    for key in ("steps", "encoder_only", "batch_size", "seed", "modality", "device", "model_config"):
+    for key in ("steps", "encoder_only", "batch_size", "seed", "modality", "device", "model_config", "postprocess",
+                "save_prob", "series"):
         assert evaluate[key] == inference[key], key
 
 
@@ -101,6 +102,13 @@ def test_catalogue_study_evaluates(shared_data, tiny_bundle, tmp_path):
     workflow.run()
     rows = _rows(tmp_path / "metrics.csv")
     assert list(rows) == ["totalseg_mr"]
-    assert 0.0 <= float(rows["totalseg_mr"]["dice"]) <= 1.0
+    # the recorded Dice is the one of the written mask against the study's manual label
+    from medsemgan.data.catalogue import get_study
+
+    mask, _ = load_nifti(tmp_path / "totalseg_mr.nii.gz")
+    label = np.asarray(get_study(shared_data, "totalseg_mr").load()["label"][0]) > 0
+    assert mask.shape == label.shape
+    expected = 2 * np.logical_and(mask > 0, label).sum() / ((mask > 0).sum() + label.sum())
+    assert float(rows["totalseg_mr"]["dice"]) == pytest.approx(expected, abs=1e-9)
     record = json.loads((tmp_path / "totalseg_mr.json").read_text())
     assert record["modality"] == "MR"  # from the catalogue, not guessed
