@@ -101,7 +101,12 @@ def levers_from(training: dict) -> dict[str, bool]:
     unknown = sorted(set(overrides) - set(LEVER_KEYS))
     if unknown:
         raise ValueError(f"unknown levers {unknown}; known: {list(LEVER_KEYS)}")
-    flags.update({k: bool(v) for k, v in overrides.items()})
+    bad = {k: v for k, v in overrides.items() if not isinstance(v, bool) and v != "probe"}
+    if bad:
+        raise ValueError(f"levers take true, false or 'probe' (measured on this CPU), got {bad}")
+    # 'probe' is decided by training/lever_probe.py before the trainer is built; until then it
+    # reads as the lever's fast setting
+    flags.update({k: True if v == "probe" else bool(v) for k, v in overrides.items()})
     if flags["compile"]:
         raise ValueError(
             "levers.compile is not supported: torch.compile cannot run the double backward of R1 "

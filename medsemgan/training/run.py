@@ -44,6 +44,7 @@ from medsemgan.training.checkpoint import (
 from medsemgan.training.config import normalise
 from medsemgan.training.distributed import DistInfo, init_distributed, shutdown
 from medsemgan.training.gan import GanTrainer, rank_seed
+from medsemgan.training.lever_probe import resolve_probes
 from medsemgan.training.observe import Observer, fixed_latents, save_sample_grid
 from medsemgan.training.synthetic import synthetic_tensors
 from medsemgan.training.validation import validate_generator
@@ -241,6 +242,7 @@ def train_gan(
     stop = stop or StopRequest()
     observer = None
     try:
+        config = resolve_probes(config, info.device, info.is_main, info.distributed)
         G, D_image, D_joint = build_networks(config)
         using_data = tensors is None and config["data"]["source"] == "ct"
         if tensors is None:
