@@ -151,14 +151,20 @@ def test_nhwc_paths_keep_the_layout_and_the_values():
     """The 1x1 heads (per-sample weights as a matrix product) and a one-channel input layer answer
     an NHWC input in NHWC, with the same values and gradients as the NCHW computation."""
     torch.manual_seed(0)
-    x = torch.randn(3, 8, 6, 6, dtype=torch.float64)
-    weight = torch.randn(2, 8, 1, 1, dtype=torch.float64)
-    styles = torch.randn(3, 8, dtype=torch.float64)
+    x = torch.randn(3, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     plain = modulated_conv2d(x, weight, styles, demodulate=False, form="grouped")
-    x_cl = x.clone().to(memory_format=torch.channels_last).requires_grad_(True)
+    grads_plain = torch.autograd.grad((plain * upstream).sum(), [x, weight, styles])
+    x_cl = x.detach().clone().to(memory_format=torch.channels_last).requires_grad_(True)
     nhwc = modulated_conv2d(x_cl, weight, styles, demodulate=False, form="grouped")
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
     torch.testing.assert_close(nhwc, plain)
+    grads_nhwc = torch.autograd.grad((nhwc * upstream).sum(), [x_cl, weight, styles])
+    for name, g_nhwc, g_plain in zip(("input", "weight", "styles"), grads_nhwc, grads_plain):
+        assert g_nhwc.abs().sum() > 0, name
+        torch.testing.assert_close(g_nhwc, g_plain, msg=lambda m, name=name: f"{name} gradient: {m}")
 
     layer = Conv2dLayer(1, 4, 1, activation="lrelu").double()
     image = torch.randn(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)

@@ -25,7 +25,16 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
         for key, value in r0[net].items():
             assert torch.equal(value, r1[net][key]), f"{net}.{key} differs between ranks"
     assert torch.equal(r0["pl_mean"], r1["pl_mean"])
-    # The weights did train (not a run that never stepped).
-    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    # The weights did train (not a run that never stepped): every optimiser took its steps ...
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["images_seen"] == 16
+    steps = {name: sorted({int(state["step"]) for state in ckpt[name]["state"].values()})
+             for name in ("opt_G", "opt_D_image", "opt_D_joint")}
+    # 4 iterations of batch 4 (16 images), each a main step per network, plus a lazy
+    # regularisation step (R1 for both discriminators, path length for G) every 2nd iteration
+    assert steps == {"opt_G": [6], "opt_D_image": [6], "opt_D_joint": [6]}
+    # ... the generator moved away from its average (G_ema starts as a copy and lags behind) ...
+    moved = [k for k, v in r0["G"].items() if v.is_floating_point() and not torch.equal(v, r0["G_ema"][k])]
+    assert len(moved) > len(r0["G"]) // 2
+    # ... and the path-length regulariser ran (its running mean starts at 0)
+    assert r0["pl_mean"].item() > 0

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from medsemgan.training import losses
@@ -58,6 +59,29 @@ def test_path_length_penalty_updates_mean_and_is_differentiable():
     assert new_mean.item() > 0 and pl_mean.item() == 0
     penalty.backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_path_length_penalty_values_for_a_linear_generator():
+    """images = mean_k(ws[:, k]) @ W: J_w^T y = W y / num_ws for every layer, so each sample's
+    length is |W y| / num_ws (y = the penalty's random image-space direction, N(0, 1/(H W)))."""
+    torch.manual_seed(1)
+    ws = torch.randn(3, 4, 8, requires_grad=True)
+    weight = torch.randn(8, 16)
+    images = (ws.mean(1) @ weight).view(3, 1, 4, 4)
+    pl_mean = torch.tensor(2.0)
+    torch.manual_seed(7)
+    penalty, new_mean = losses.path_length_penalty(images, ws, pl_mean, decay=0.25)
+    torch.manual_seed(7)
+    y = (torch.randn(3, 1, 4, 4) / 4).view(3, 16)  # the same draw: 1/sqrt(H W) = 1/4
+    lengths = (y @ weight.T).norm(dim=1) / 4
+    expected_mean = 2.0 + 0.25 * (lengths.mean() - 2.0)
+    assert new_mean.item() == pytest.approx(expected_mean.item(), rel=1e-5)
+    assert penalty.item() == pytest.approx((lengths - expected_mean).square().mean().item(), rel=1e-5)
+    # decay 0 keeps the running mean: against a = 0 the penalty is the mean squared length
+    torch.manual_seed(7)
+    raw, kept = losses.path_length_penalty(images, ws, torch.tensor(0.0), decay=0.0)
+    assert kept.item() == 0.0
+    assert raw.item() == pytest.approx(lengths.square().mean().item(), rel=1e-5)
 
 
 def test_lazy_adam_correction():
