@@ -53,6 +53,7 @@ import torch
 from medsemgan.errors import InputError
 from medsemgan.evaluation.report_config import (  # noqa: F401  (parse_config etc. re-exported)
     DEFAULT_CONFIG,
+    POSTPROCESSED,
     Budget,
     Method,
     ReportConfig,
@@ -66,7 +67,7 @@ from medsemgan.evaluation.report_figures import make_figures, pick_cases  # noqa
 from medsemgan.evaluation.report_jobs import (  # noqa: F401  (re-exported)
     CSV_COLUMNS, METRICS, OOD_COLUMNS, Job, prediction_file, run_jobs, write_csv)
 from medsemgan.evaluation.report_markdown import cell_text, excluded_text, fmt, render_markdown  # noqa: F401
-from medsemgan.evaluation.report_methods import make_runner
+from medsemgan.evaluation.report_methods import Runner, make_runner, postprocessed_runner
 from medsemgan.evaluation.report_summary import (  # noqa: F401  (re-exported)
     DISTANCE_METRICS, IN_DOMAIN, OOD_SIGNAL_COLUMNS, OUT_OF_DOMAIN, excluded_cases, summarise)
 from medsemgan.inference.ood import suggest_threshold  # noqa: F401  (re-exported)
@@ -82,9 +83,15 @@ def build_report(config: ReportConfig, progress: bool = True, command: str = "me
     out.mkdir(parents=True, exist_ok=True)
     unavailable: dict = {}
     jobs: list[Job] = []
+    runners: dict[tuple[str, str], Runner] = {}
     for method in config.methods:
         for budget in config.budgets:
-            runner = make_runner(method, budget.key, config.weights_root, config.device)
+            if method.kind == POSTPROCESSED:  # after its source method, so its masks exist
+                runner = postprocessed_runner(method, runners.get((method.options["source"], budget.key)), out)
+            else:
+                runner = make_runner(method, budget.key, config.weights_root, config.device)
+            if not isinstance(runner, str):
+                runners[(method.key, budget.key)] = runner
             if isinstance(runner, str):
                 unavailable[(method.key, budget.key)] = runner
                 log.warning("%s, %s: %s", method.name, budget.title, runner)

@@ -171,11 +171,34 @@ def _method(raw: dict, budgets: list[Budget], weights_root: Path, source: str) -
     return Method(str(raw["key"]), str(raw.get("name", raw["key"])), kind, dict(raw.get("options") or {}), weights)
 
 
+POSTPROCESSED = "postprocessed"  # kind of the derived rows: another method's masks, cleaned up
+
+
+def postprocessed_methods(methods: list[Method], modes: list, source: str) -> list[Method]:
+    """One derived row per method and post-processing mode (``postprocess:`` in the YAML): the
+    method's own predictions, cleaned by ``medsemgan.inference.postprocess``, so every method is
+    reported with and without the same clean-up and nothing is segmented twice."""
+    from medsemgan.inference.postprocess import check_mode
+
+    derived = []
+    for mode in modes:
+        try:
+            mode = check_mode(mode)
+        except ValueError as err:
+            raise InputError(source, f"postprocess: {err}") from None
+        if mode == "none":
+            continue
+        derived += [Method(f"{m.key}+{mode}", f"{m.name} + {mode.replace('_', ' + ')}", POSTPROCESSED,
+                           {"source": m.key, "mode": mode}, dict(m.weights)) for m in methods]
+    return derived
+
+
 def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | None = None) -> ReportConfig:
     from medsemgan.paths import data_root as default_data_root
 
     raw = copy.deepcopy(raw or {})
-    known = {"data_root", "weights_root", "out", "device", "overlays", "test_sets", "budgets", "methods"}
+    known = {"data_root", "weights_root", "out", "device", "overlays", "test_sets", "budgets", "methods",
+             "postprocess"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(source, f"unknown keys {unknown}; known: {sorted(known)}")
@@ -192,6 +215,7 @@ def parse_config(raw: dict, source: str = "<dict>", out: str | os.PathLike | Non
         raise InputError(source, "methods: needs at least one method")
     if len({m.key for m in methods}) != len(methods):
         raise InputError(source, "method keys must be unique")
+    methods += postprocessed_methods(methods, raw.get("postprocess") or [], source)
     test_sets = [_test_set(t, data_root, source) for t in raw.get("test_sets") or []]
     if not test_sets:
         raise InputError(source, "test_sets: needs at least one test set")

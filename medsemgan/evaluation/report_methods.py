@@ -4,8 +4,9 @@ Kinds: ``semanticgan`` (generator + encoder, ``medsemgan.inference.segment.segme
 encoder only when ``options.encoder_only``), ``unet`` (``medsemgan.inference.unet``), ``masks``
 (a folder of precomputed ``<case>.nii.gz``). ``make_runner`` returns the reason instead of a
 runner when weights are missing. Models load on first use, so a fully cached report never loads
-them. A runner's ``fingerprint`` (kind, options, weight files' size and time, U-Net sidecar minus
-its recorded evaluation) keys the result cache.
+them. A runner's ``fingerprint`` (kind, options, weight files' content hashes, U-Net sidecar minus
+its recorded evaluation) keys the result cache, with the case's files' content hashes and the
+fingerprint of the code that computes a case (:data:`CODE_PARTS`; ``report_jobs.Job.cache_key``).
 
 ``Runner.segment`` returns ``(mask, signal)``: for ``semanticgan`` the signal is the study's
 out-of-domain signal (:func:`ood_signal`: how well the generator reconstructs the slices, and
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from medsemgan.errors import InputError
-from medsemgan.evaluation.report_config import SEMANTICGAN_MODALITY_ENCODERS, Method
+from medsemgan.evaluation.report_config import SEMANTICGAN_MODALITY_ENCODERS, Method, slug
 from medsemgan.fingerprint import content_hash
 from medsemgan.weights import resolve_device
 
@@ -198,6 +199,53 @@ def make_runner(method: Method, budget: str, weights_root: Path, device: str) ->
     if missing:
         return f"not available (missing {', '.join(missing)})"
     return Runner(method, budget, files, device, load, extra, modality_files)
+
+
+class PostprocessedRunner(Runner):
+    """Another runner's masks (read back from the report's predictions folder), cleaned up by
+    ``medsemgan.inference.postprocess``. Keyed on the source's fingerprint, so new weights or
+    options of the source recompute these rows too."""
+
+    def __init__(self, method: Method, source: Runner, predictions: Path):
+        self.source, self.predictions = source, predictions
+        super().__init__(method, source.budget, [], source.device, self._loader, {"mode": method.options["mode"]})
+
+    def fingerprint_for(self, modality: str | None) -> str:
+        if not hasattr(self, "source"):  # called by Runner.__init__ before the source is set
+            return ""
+        return hashlib.sha256(json.dumps({"version": CACHE_VERSION, "mode": self.method.options["mode"],
+                                          "source": self.source.fingerprint_for(modality)},
+                                         sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def has_ood_signal(self) -> bool:
+        return False
+
+    def _loader(self):
+        from monai.data import MetaTensor
+
+        from medsemgan.data.io import load_image
+        from medsemgan.inference.postprocess import postprocess_mask
+
+        def segment(image, modality, case):
+            found = sorted(self.predictions.glob(f"*/{slug(case)}.nii.gz"))
+            if len(found) != 1:
+                raise InputError(self.predictions, f"expected one prediction of {self.source.method.key} for "
+                                 f"case {case}, found {len(found)} (run the report with that method)")
+            raw = load_image(found[0])
+            mask = MetaTensor((raw.as_tensor() > 0).to(torch.uint8), affine=image.affine.clone())
+            return postprocess_mask(mask, self.method.options["mode"]), {}
+        return segment
+
+
+def postprocessed_runner(method: Method, source: Runner | None, out: Path) -> Runner | str:
+    """The runner of a derived post-processing row, or why it is not available."""
+    if source is None:
+        return f"not available (its source method {method.options['source']} is not available)"
+    from medsemgan.evaluation.report_jobs import prediction_file
+
+    predictions = prediction_file(out, source.method.key, source.budget, "x", "t").parent.parent
+    return PostprocessedRunner(method, source, predictions)
 
 
 def model_config(weights: dict) -> str | Path | None:

@@ -548,3 +548,42 @@ def test_every_ct_test_set_of_the_configuration_is_in_domain(workspace):
     suggestion = summarise(config, rows, {})["ood_thresholds"]["gan"]["all"]["mse"]
     assert (suggestion["in_domain_n"], suggestion["in_domain_max"]) == (2, 0.03)
     assert suggestion["threshold"] == pytest.approx(0.04)
+
+
+def test_postprocess_rows_clean_each_methods_own_masks(workspace, tmp_path):
+    """`postprocess: [largest_fill]` adds one derived row per method: its written masks cleaned,
+    nothing segmented again, keyed on the source (new source masks recompute the row)."""
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    for label in sorted((workspace / "data").glob("*/label_*.nii.gz")):
+        img = nib.load(str(label))
+        data = np.asarray(img.dataobj).astype(np.uint8)
+        data[0:2, 0:2, 0:2] = 1  # a stray island in a corner, away from the organ
+        nib.save(nib.Nifti1Image(data, img.affine), str(noisy / label.name.replace("label_", "")))
+    raw = raw_config(workspace)
+    raw["methods"] = [{"key": "noisy", "name": "Noisy masks", "kind": "masks", "weights": {"all": str(noisy)}}]
+    raw["budgets"] = [{"key": "all", "title": "all"}]
+    raw["postprocess"] = ["largest_fill"]
+    out = tmp_path / "report"
+    result = build_report(parse_config(raw, "test", out), progress=False)
+    rows = {(r["method"], r["case"]): r for r in result["rows"]}
+    assert {m for m, _ in rows} == {"noisy", "noisy+largest_fill"}
+    for case in ("c0", "c1", "m0", "m1"):
+        assert rows[("noisy", case)]["dice"] < 1.0
+        assert rows[("noisy+largest_fill", case)]["dice"] == pytest.approx(1.0)
+    text = (out / "report.md").read_text()
+    assert any(line.startswith("| Noisy masks + largest + fill |") for line in text.splitlines())
+    # cached on the second run; a change of the source's masks recomputes the derived rows
+    again = build_report(parse_config(raw, "test", out), progress=False)
+    assert all(r["cached"] for r in again["rows"])
+    shutil.copy(noisy / "c0.nii.gz", noisy / "c1.nii.gz")  # c1's "prediction" is now c0's mask
+    third = build_report(parse_config(raw, "test", out), progress=False)
+    recomputed = {(r["method"], r["case"]) for r in third["rows"] if not r["cached"]}
+    assert ("noisy", "c1") in recomputed and ("noisy+largest_fill", "c1") in recomputed
+
+
+def test_unknown_postprocess_mode_is_refused(workspace):
+    raw = raw_config(workspace)
+    raw["postprocess"] = ["smooth"]
+    with pytest.raises(InputError, match="postprocess"):
+        parse_config(raw, "test")
