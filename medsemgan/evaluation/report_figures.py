@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from medsemgan.evaluation.report_config import ReportConfig, slug
+from medsemgan.inference.overlay import paint_contours
 from medsemgan.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,6 @@ def dice_bars(
 # --- overlays ---------------------------------------------------------------------------------
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask (a one-pixel outline)."""
-    mask = mask.astype(bool)
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~interior
-
-
 def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, caption: str,
                   scale: int = 2) -> Image.Image:
     """``image`` 2-D in [-1, 1] (rows = anterior -> posterior), ``gt``/``pred`` binary, same shape."""
@@ -130,9 +123,9 @@ def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, caption: 
         rgb = rgb.repeat(scale, 0).repeat(scale, 1)
         gt = np.asarray(gt).repeat(scale, 0).repeat(scale, 1)
         pred = np.asarray(pred).repeat(scale, 0).repeat(scale, 1)
-    # prediction first, ground truth on top: where both agree the green line shows
-    rgb[_contour(pred)] = PRED_RGB
-    rgb[_contour(gt)] = GT_RGB
+    # prediction first, ground truth on top: where both agree the green line shows (the one
+    # contour drawing of segment --preview, the demo and this report: medsemgan.inference.overlay)
+    paint_contours(rgb, [(pred, PRED_RGB), (gt, GT_RGB)])
     panel = Image.fromarray(rgb)
     font = _font(12)
     out = Image.new("RGB", (panel.width, panel.height + 20), BACKGROUND)

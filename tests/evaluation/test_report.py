@@ -587,3 +587,19 @@ def test_unknown_postprocess_mode_is_refused(workspace):
     raw["postprocess"] = ["smooth"]
     with pytest.raises(InputError, match="postprocess"):
         parse_config(raw, "test")
+
+
+def test_report_overlays_draw_with_the_shared_contour_module():
+    """One contour drawing for segment --preview, the demo and the report (issue 17)."""
+    from medsemgan.evaluation.report_figures import GT_RGB, PRED_RGB, overlay_panel
+    from medsemgan.inference.overlay import contour
+
+    gt = np.zeros((16, 16), bool)
+    gt[4:12, 4:12] = True
+    pred = np.zeros((16, 16), bool)
+    pred[6:14, 6:14] = True
+    panel = np.asarray(overlay_panel(np.zeros((16, 16)), gt, pred, "c", scale=1))[20:]  # below the caption
+    gt_line, pred_line = contour(gt), contour(pred) & ~contour(gt)
+    assert (panel[gt_line] == GT_RGB).all() and (panel[pred_line] == PRED_RGB).all()
+    inside = gt & ~gt_line & ~contour(pred)
+    assert (panel[inside] == panel[inside][0]).all() and tuple(panel[inside][0]) not in (GT_RGB, PRED_RGB)
