@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import torch
 
+from medsemgan.machine import cpu_model
 from medsemgan.errors import InputError
 from medsemgan.runtime import restores_torch_threads
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": SegmentOptions(batch_size=args.batch_size).slice_batch(model.config.inference),
         "device": str(model.device),
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".strip(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         # medsemgan.runtime: glibc keeps freed activation memory (the medsemgan command sets it)
         "keep_freed_memory": keep_freed_memory(),

@@ -33,7 +33,6 @@ import contextlib
 import datetime
 import inspect
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsemgan.machine import machine
 from medsemgan.bench.ops import _time_interleaved
 from medsemgan.models.build import build_models
 from medsemgan.models.config import load_model_config
@@ -512,31 +512,6 @@ def compare_modconv_forms(steps: Steps, repeats: int, default_form: str) -> dict
             # CPU time: the steadier figure on a shared machine
             out[f"{form}_over_batched_{key}_cpu"] = round(out[form]["cpu_s"][key] / out["batched"]["cpu_s"][key], 3)
     return out
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "cpu": cpu,
-        # Other jobs on a shared machine inflate wall times; see the cpu_s figures then.
-        "load_average_1_5_15min": load,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @restores_torch_threads

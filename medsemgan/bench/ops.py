@@ -14,10 +14,10 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from medsemgan.machine import cpu_model
 from medsemgan.ops import loader
 from medsemgan.ops.bias_act import bias_act
 from medsemgan.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upsample2d
@@ -51,16 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per path (median reported)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     parser.add_argument("--quick", action="store_true", help="3 repeats, smaller tensors (smoke test)")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _bias_act_step(shape, dtype, impl):
@@ -148,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         "ops": results,
         "repeats": repeats,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medsemgan.machine import cpu_model
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="cpu128", help="configuration name or YAML file (default cpu128)")
@@ -33,19 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", type=int, default=None, help="cores to share (default: all of this machine)")
     parser.add_argument("--data", default=None, help="data root passed to train gan (default: its own)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="keep the run folders under DIR")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _steady_rate(run_dir: Path) -> float | None:

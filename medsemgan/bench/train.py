@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import time
 
 import torch
 
+from medsemgan.machine import cpu_model
 from medsemgan.training.config import LEVER_KEYS, levers_from, load_config
 from medsemgan.runtime import restores_torch_threads
 
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": args.device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "ops": loader.status(),
     }
     if args.breakdown:

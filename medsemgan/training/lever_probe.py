@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from medsemgan.io_utils import atomic_path
+from medsemgan.machine import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,6 @@ TIMED_STEPS = 4
 
 def probed_levers(training: dict) -> list[str]:
     return sorted(k for k, v in (training.get("levers") or {}).items() if v == PROBE)
-
-
-def cpu_model() -> str:
-    from medsemgan.bench.throughput import cpu_model as model
-
-    return model()
 
 
 def probe_key(config: dict, lever: str, device: torch.device) -> str:
