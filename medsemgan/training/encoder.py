@@ -21,7 +21,8 @@ Run directory (``out_dir``)::
     samples/recon_latest.png   real slices | reconstructions with the generated mask overlaid
     tensorboard/, stats.jsonl  losses
 
-Checkpointing, RNG capture and signal handling are the GAN loop's (``medsemgan.training``).
+The loop (resume guard, signal handling, checkpoint cadence, export on finish) is the one of
+:mod:`medsemgan.training.driver`, shared with the GAN and the U-Net.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from medsemgan.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from medsemgan.training.driver import Job, Outcome, StopRequest, crossed, drive, training_run
 from medsemgan.training.modality_augment import ModalityAugmentConfig, modality_shift
 from medsemgan.training.sampler import CyclingSampler
 
@@ -308,14 +308,70 @@ def _save_recon_grid(trainer: EncoderTrainer, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-def _crossed(before: int, after: int, every_kimg: float) -> bool:
-    every = max(1, int(round(every_kimg * 1000)))
-    return after // every > before // every
+class EncoderJob(Job):
+    """The encoder's training as the driver's job (one process; the generator stays frozen)."""
+
+    def __init__(self, config: dict, run_dir: Path, trainer: EncoderTrainer, generator_id: str):
+        from medsemgan.training.observe import Observer
+
+        self.run_dir, self.trainer, self.generator_id = run_dir, trainer, generator_id
+        self.t = t = config["encoder"]["train"]
+        self.total = trainer.total_images
+        self.stats: dict[str, float] = {}
+        self.before = self.after = trainer.images_seen
+        self.observer = Observer(run_dir, self.total, trainer.images_seen, True, progress=bool(t["progress"]),
+                                 tensorboard=bool(t["tensorboard"]), description="train encoder")
+
+    def complete(self) -> bool:
+        return self.trainer.images_seen >= self.total
+
+    def step(self, progress) -> None:
+        trainer = self.trainer
+        self.before = trainer.images_seen
+        self.stats = stats = trainer.step()
+        self.after = trainer.images_seen
+        self.observer.advance(self.after - self.before, {k.split("/")[-1]: v for k, v in stats.items()})
+        if trainer.step_index % int(self.t["log_every"]) == 0:
+            self.observer.scalars(stats, self.after)
+
+    def checkpoint_due(self) -> bool:
+        return crossed(self.before, self.after, float(self.t["checkpoint_kimg"]))
+
+    def write_checkpoint(self) -> None:
+        """The checkpoint, then the reconstruction grid from the same weights."""
+        state = self.trainer.state_dict()
+        state["rng"] = capture_rng_state()
+        state["generator_id"] = self.generator_id
+        save_checkpoint(checkpoint_path(self.run_dir), state)
+        _save_recon_grid(self.trainer, self.run_dir / "samples" / "recon_latest.png")
+
+    def finish(self, finished: bool) -> None:
+        if finished:
+            with atomic_path(self.run_dir / EXPORT_NAME) as tmp:
+                torch.save({k: v.detach().cpu() for k, v in self.trainer.E.state_dict().items()}, tmp)
+
+    def summary(self, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.trainer.step_index,
+            "images_seen": self.trainer.images_seen,
+            "total_images": self.total,
+            "finished": outcome.finished,
+            "stopped_by": outcome.stopped_by,
+            "seconds": outcome.seconds,
+            "s_per_kimg": outcome.s_per_kimg,
+            "last_stats": self.stats,
+            "encoder_path": str(self.run_dir / EXPORT_NAME) if outcome.finished else None,
+            "trainer": self.trainer,
+        }
+
+    def close(self) -> None:
+        self.observer.close()
 
 
 def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
                   generator: torch.nn.Module | str | Path | None = None,
-                  tensors: dict[str, torch.Tensor] | None = None, stop=None,
+                  tensors: dict[str, torch.Tensor] | None = None, stop: StopRequest | None = None,
                   max_steps: int | None = None) -> dict[str, Any]:
     """Train (or continue training) the encoder for a frozen generator.
 
@@ -323,11 +379,11 @@ def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
     ``generator``: weights file (plain state dict or GAN checkpoint) or a module; required.
     ``tensors``: training pool instead of ``data:`` (tests). ``stop``: a ``StopRequest``.
     ``max_steps``: stop after this many steps of this call (checkpointed). Returns a summary.
+    The loop is :func:`medsemgan.training.driver.drive`'s; the caller's torch thread count is kept.
     """
     from medsemgan.weights import resolve_device
     from medsemgan.training.config import normalise
-    from medsemgan.training.observe import Observer
-    from medsemgan.training.run import StopRequest, load_training_tensors, stop_on_signals
+    from medsemgan.training import run as gan_run  # load_training_tensors, looked up at call time
 
     config = normalise(config)
     config["encoder"] = encoder_section(config, config.get("_source"))
@@ -335,85 +391,32 @@ def train_encoder(config: dict, out_dir: str | Path, resume: bool = False, *,
         raise InputError(None, "train encoder needs the trained generator (--generator PATH)")
     run_dir = Path(out_dir)
     ckpt = checkpoint_path(run_dir)
-    if not resume and ckpt.exists():
-        raise InputError(run_dir, "already holds a checkpoint: pass --resume to continue it, or choose another --out")
-    t = config["encoder"]["train"]
-    device = resolve_device(t["device"])
-    G, generator_id = _load_generator(config, generator)
-    if tensors is None:
-        tensors = load_training_tensors(config, G.resolution)
-    trainer = EncoderTrainer(config, G, tensors, device)
-    torch.manual_seed(int(t["seed"]) + 1)
-    if resume:
-        state = load_checkpoint(ckpt)
-        if "encoder" not in state:
-            raise InputError(ckpt, "not an encoder checkpoint")
-        saved = json.loads(state["config"])
-        if saved.get("model") != json.loads(json.dumps(config["model"], default=str)) or \
-                {k: v for k, v in saved.get("encoder", {}).items() if k != "train"} != \
-                {k: v for k, v in json.loads(json.dumps(config["encoder"])).items() if k != "train"}:
-            raise InputError(ckpt, "was trained with a different model:/encoder: architecture; cannot resume")
-        if state.get("generator_id") not in (None, generator_id) and generator_id != "<module>":
-            log.warning("resuming with a different generator file than the checkpoint's (%s)",
-                        state.get("generator_id"))
-        trainer.load_state_dict(state)
-        restore_rng_state(state["rng"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "config.json") as tmp:
-        tmp.write_text(json.dumps({**config, "generator": generator_id}, indent=2, sort_keys=True, default=str))
-
-    def write_checkpoint() -> None:
-        state = trainer.state_dict()
-        state["rng"] = capture_rng_state()
-        state["generator_id"] = generator_id
-        save_checkpoint(ckpt, state)
-
-    stop = stop or StopRequest()
-    total = trainer.total_images
-    observer = Observer(run_dir, total, trainer.images_seen, True, progress=bool(t["progress"]),
-                        tensorboard=bool(t["tensorboard"]), description="train encoder")
-    steps_this_call, stats = 0, {}
-    started, start_images = time.perf_counter(), trainer.images_seen
-    try:
-        with stop_on_signals(stop):
-            while trainer.images_seen < total and (max_steps is None or steps_this_call < max_steps):
-                before = trainer.images_seen
-                stats = trainer.step()
-                steps_this_call += 1
-                after = trainer.images_seen
-                observer.advance(after - before, {k.split("/")[-1]: v for k, v in stats.items()})
-                if trainer.step_index % int(t["log_every"]) == 0:
-                    observer.scalars(stats, after)
-                if stop.requested:
-                    log.warning("stopping at step %d (%s): writing a checkpoint", trainer.step_index,
-                                stop.signal_name or "stop requested")
-                    break
-                if _crossed(before, after, float(t["checkpoint_kimg"])):
-                    write_checkpoint()
-                    _save_recon_grid(trainer, run_dir / "samples" / "recon_latest.png")
-            write_checkpoint()
-        finished = trainer.images_seen >= total
-        _save_recon_grid(trainer, run_dir / "samples" / "recon_latest.png")
-        if finished:
-            with atomic_path(run_dir / EXPORT_NAME) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in trainer.E.state_dict().items()}, tmp)
-    finally:
-        observer.close()
-    elapsed = time.perf_counter() - started
-    done = trainer.images_seen - start_images
-    return {
-        "run_dir": str(run_dir),
-        "steps": trainer.step_index,
-        "images_seen": trainer.images_seen,
-        "total_images": total,
-        "finished": finished,
-        "stopped_by": stop.signal_name if stop.requested else None,
-        "seconds": elapsed,
-        "s_per_kimg": (elapsed / done * 1000) if done else math.nan,
-        "last_stats": stats,
-        "encoder_path": str(run_dir / EXPORT_NAME) if finished else None,
-        "trainer": trainer,
-    }
+    with training_run(run_dir, resume):
+        t = config["encoder"]["train"]
+        device = resolve_device(t["device"])
+        G, generator_id = _load_generator(config, generator)
+        if tensors is None:
+            tensors = gan_run.load_training_tensors(config, G.resolution)
+        trainer = EncoderTrainer(config, G, tensors, device)
+        torch.manual_seed(int(t["seed"]) + 1)
+        if resume:
+            state = load_checkpoint(ckpt)
+            if "encoder" not in state:
+                raise InputError(ckpt, "not an encoder checkpoint")
+            saved = json.loads(state["config"])
+            if saved.get("model") != json.loads(json.dumps(config["model"], default=str)) or \
+                    {k: v for k, v in saved.get("encoder", {}).items() if k != "train"} != \
+                    {k: v for k, v in json.loads(json.dumps(config["encoder"])).items() if k != "train"}:
+                raise InputError(ckpt, "was trained with a different model:/encoder: architecture; cannot resume")
+            if state.get("generator_id") not in (None, generator_id) and generator_id != "<module>":
+                log.warning("resuming with a different generator file than the checkpoint's (%s)",
+                            state.get("generator_id"))
+            trainer.load_state_dict(state)
+            restore_rng_state(state["rng"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps({**config, "generator": generator_id}, indent=2, sort_keys=True, default=str))
+        return drive(EncoderJob(config, run_dir, trainer, generator_id), stop, max_steps)
 
 
 # --------------------------------------------------------------------------- the verb

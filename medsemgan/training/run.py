@@ -16,16 +16,11 @@ ranks agree on the stop step first, so nobody waits forever in a collective.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import random
-import signal
-import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +38,16 @@ from medsemgan.training.checkpoint import (
 )
 from medsemgan.training.config import normalise
 from medsemgan.training.distributed import DistInfo, init_distributed, shutdown
+from medsemgan.training.driver import (  # noqa: F401  (StopRequest, stop_on_signals: re-exported)
+    Job,
+    Outcome,
+    Progress,
+    StopRequest,
+    crossed as _crossed,
+    drive,
+    stop_on_signals,
+    training_run,
+)
 from medsemgan.training.gan import GanTrainer, rank_seed
 from medsemgan.training.lever_probe import resolve_probes
 from medsemgan.training.observe import Observer, fixed_latents, save_sample_grid
@@ -55,32 +60,7 @@ EXPORT_NAME = "generator_ema.pt"
 SAMPLE_SEED = 20210405  # fixed latents of the sample grid
 
 
-# --- stopping on signals ----------------------------------------------------------------------
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM (or by a test); the loop checks it between iterations."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name: str | None = None
-
-    def __call__(self, signum, frame) -> None:  # signal handler
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # handlers can only be installed from the main thread
-        return
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+# --- stopping: the driver's, agreed across ranks ---------------------------------------------
 
 
 def _agree(flag: bool, info: DistInfo) -> bool:
@@ -200,13 +180,119 @@ def snapshot_path(run_dir: Path, images_seen: int) -> Path:
     return run_dir / "snapshots" / f"generator_ema_{images_seen:09d}.pt"
 
 
-def _crossed(before: int, after: int, every_kimg: float) -> bool:
-    every = max(1, int(round(every_kimg * 1000)))
-    return after // every > before // every
-
-
 def _scalars(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
+
+
+class GanJob(Job):
+    """The joint GAN as the driver's job: built (and restored) from the configuration, observed by
+    rank 0; checkpoints and the stop decision are collectives under torchrun."""
+
+    def __init__(self, config: dict, run_dir: Path, resume: bool, info: DistInfo, *,
+                 tensors: dict[str, torch.Tensor] | None, validation: dict[str, torch.Tensor] | None,
+                 max_steps: int | None):
+        self.run_dir, self.info = run_dir, info
+        config = resolve_probes(config, info.device, info.is_main, info.distributed)
+        G, D_image, D_joint = build_networks(config)
+        using_data = tensors is None and config["data"]["source"] == "ct"
+        if tensors is None:
+            tensors = load_training_tensors(config, G.resolution)
+        if validation is None and using_data:
+            validation = _validation_set(config, G.resolution, info)
+        self.validation = validation if info.is_main else None
+        self.config = config
+        self.trainer = trainer = GanTrainer(config, (G, D_image, D_joint), tensors, info)
+        seed_everything(rank_seed(int(config["training"]["seed"]), info.rank))
+        if resume:
+            restore(trainer, run_dir)
+        self.t = t = trainer.t
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(run_dir / "config.json") as tmp:
+                tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+        self.total_steps = trainer.total_steps()
+        self.last_step = (self.total_steps if max_steps is None
+                          else min(self.total_steps, trainer.step_index + int(max_steps)))
+        self.rows, self.cols = (int(v) for v in t["sample_grid"])
+        self.sample_z = fixed_latents(self.rows * self.cols, G.z_dim, SAMPLE_SEED)
+        self.stats: dict[str, float] = {}
+        self.before = self.after = trainer.images_seen
+        self.observer = Observer(
+            run_dir, self.total_steps * trainer.global_batch, trainer.images_seen, info.is_main,
+            progress=bool(t["progress"]), tensorboard=bool(t["tensorboard"]),
+        )
+        log.info("training %s: %d -> %d iterations (batch %d on %d process(es), %d unlabeled, %d labeled slices)",
+                 config.get("model", {}).get("name"), trainer.step_index, self.last_step, trainer.global_batch,
+                 info.world_size, len(trainer.unlabeled), len(trainer.labeled_image))
+
+    def complete(self) -> bool:
+        return self.trainer.step_index >= self.total_steps
+
+    def step(self, progress: Progress) -> None:
+        trainer, t, observer = self.trainer, self.t, self.observer
+        before = trainer.images_seen
+        raw = trainer.step()
+        after = trainer.images_seen
+        self.before, self.after = before, after
+        log_now = trainer.step_index % int(t["log_every"]) == 0 or trainer.step_index == self.last_step
+        if self.info.is_main and (log_now or observer.bar is not None):
+            stats = _scalars(raw)
+            rate = progress.images_per_s(after)
+            observer.advance(after - before, {
+                "D_img": stats["loss/D_image"], "D_joint": stats["loss/D_joint"], "G": stats["loss/G"],
+            })
+            if log_now:
+                stats["speed/images_per_s"] = rate
+                stats["speed/s_per_kimg"] = 1000 / max(rate, 1e-9)
+                observer.scalars(stats, after)
+            self.stats = stats
+        if _crossed(before, after, float(t["sample_kimg"])) and self.info.is_main:
+            save_sample_grid(trainer.G_ema, self.sample_z, self.rows, self.cols,
+                             self.run_dir / "samples" / f"fakes_{after // 1000:06d}k_{after:09d}.png")
+
+    def agree(self, flag: bool) -> bool:
+        return _agree(flag, self.info)
+
+    def checkpoint_due(self) -> bool:
+        return _crossed(self.before, self.after, float(self.t["checkpoint_kimg"]))
+
+    def write_checkpoint(self) -> None:
+        write_checkpoint(self.trainer, self.run_dir)
+
+    def between_steps(self) -> None:
+        t, before, after = self.t, self.before, self.after
+        if self.info.is_main and _crossed(before, after, float(t["snapshot_kimg"])):
+            export_generator(self.trainer.G_ema, snapshot_path(self.run_dir, after))
+        every_val = float(t["validation"]["every_kimg"])
+        if self.validation is not None and every_val > 0 and _crossed(before, after, every_val):
+            scores = validate_generator(self.trainer.G_ema, self.validation, t["validation"],
+                                        self.config.get("inference"))
+            self.observer.scalars(scores, after)
+            log.info("validation at %d images: %s", after, scores)
+
+    def finish(self, finished: bool) -> None:
+        if self.info.is_main:
+            G_ema = self.trainer.G_ema
+            save_sample_grid(G_ema, self.sample_z, self.rows, self.cols, self.run_dir / "samples" / "fakes_latest.png")
+            if finished:
+                export_generator(G_ema, self.run_dir / EXPORT_NAME)
+
+    def summary(self, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.trainer.step_index,
+            "total_steps": self.total_steps,
+            "images_seen": self.trainer.images_seen,
+            "finished": outcome.finished,
+            "stopped_by": outcome.stopped_by,
+            "seconds": outcome.seconds,
+            "s_per_kimg": outcome.s_per_kimg,
+            "last_stats": self.stats,
+            "trainer": self.trainer,
+        }
+
+    def close(self) -> None:
+        self.observer.close()
 
 
 def train_gan(
@@ -227,107 +313,17 @@ def train_gan(
     ``max_steps``: stop after this many iterations of *this* call (checkpointed; tests, benches).
     ``validation``: ``{"image", "mask"}`` slices for ``val/dice`` instead of the BTCV pool's
     (tests); with ``data.source: ct`` they are built from the catalogue.
+    ``training.threads`` sets torch's thread count for the run; the caller's is restored.
     Returns a summary (steps, images seen, seconds per kimg, paths).
     """
     config = normalise(config)
     if "model" not in config:
         raise InputError(None, "configuration has no model: section")
     run_dir = Path(out_dir)
-    ckpt = checkpoint_path(run_dir)
-    if not resume and ckpt.exists():
-        raise InputError(run_dir, "already holds a checkpoint: pass --resume to continue it, or choose another --out")
-    if config["training"]["threads"]:
-        torch.set_num_threads(int(config["training"]["threads"]))
-    info = init_distributed(str(config["training"]["device"]))
-    stop = stop or StopRequest()
-    observer = None
-    try:
-        config = resolve_probes(config, info.device, info.is_main, info.distributed)
-        G, D_image, D_joint = build_networks(config)
-        using_data = tensors is None and config["data"]["source"] == "ct"
-        if tensors is None:
-            tensors = load_training_tensors(config, G.resolution)
-        if validation is None and using_data:
-            validation = _validation_set(config, G.resolution, info)
-        if not info.is_main:
-            validation = None
-        trainer = GanTrainer(config, (G, D_image, D_joint), tensors, info)
-        seed_everything(rank_seed(int(config["training"]["seed"]), info.rank))
-        if resume:
-            restore(trainer, run_dir)
-        t = trainer.t
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(run_dir / "config.json") as tmp:
-                tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-        total_steps = trainer.total_steps()
-        last_step = total_steps if max_steps is None else min(total_steps, trainer.step_index + max_steps)
-        observer = Observer(
-            run_dir, total_steps * trainer.global_batch, trainer.images_seen, info.is_main,
-            progress=bool(t["progress"]), tensorboard=bool(t["tensorboard"]),
-        )
-        rows, cols = (int(v) for v in t["sample_grid"])
-        sample_z = fixed_latents(rows * cols, G.z_dim, SAMPLE_SEED)
-        log.info("training %s: %d -> %d iterations (batch %d on %d process(es), %d unlabeled, %d labeled slices)",
-                 config.get("model", {}).get("name"), trainer.step_index, last_step, trainer.global_batch,
-                 info.world_size, len(trainer.unlabeled), len(trainer.labeled_image))
-
-        started, start_images = time.perf_counter(), trainer.images_seen
-        stats: dict[str, float] = {}
-        with stop_on_signals(stop):
-            while trainer.step_index < last_step:
-                before = trainer.images_seen
-                raw = trainer.step()
-                after = trainer.images_seen
-                log_now = trainer.step_index % int(t["log_every"]) == 0 or trainer.step_index == last_step
-                if info.is_main and (log_now or observer.bar is not None):
-                    stats = _scalars(raw)
-                    elapsed = time.perf_counter() - started
-                    rate = (after - start_images) / max(elapsed, 1e-9)
-                    observer.advance(after - before, {
-                        "D_img": stats["loss/D_image"], "D_joint": stats["loss/D_joint"], "G": stats["loss/G"],
-                    })
-                    if log_now:
-                        stats["speed/images_per_s"] = rate
-                        stats["speed/s_per_kimg"] = 1000 / max(rate, 1e-9)
-                        observer.scalars(stats, after)
-                if _crossed(before, after, float(t["sample_kimg"])) and info.is_main:
-                    save_sample_grid(trainer.G_ema, sample_z, rows, cols,
-                                     run_dir / "samples" / f"fakes_{after // 1000:06d}k_{after:09d}.png")
-                if _agree(stop.requested, info):
-                    log.warning("stopping at iteration %d (%s): writing a checkpoint",
-                                trainer.step_index, stop.signal_name or "stop requested")
-                    break
-                if _crossed(before, after, float(t["checkpoint_kimg"])):
-                    write_checkpoint(trainer, run_dir)
-                if info.is_main and _crossed(before, after, float(t["snapshot_kimg"])):
-                    export_generator(trainer.G_ema, snapshot_path(run_dir, after))
-                every_val = float(t["validation"]["every_kimg"])
-                if validation is not None and every_val > 0 and _crossed(before, after, every_val):
-                    scores = validate_generator(trainer.G_ema, validation, t["validation"], config.get("inference"))
-                    observer.scalars(scores, after)
-                    log.info("validation at %d images: %s", after, scores)
-            write_checkpoint(trainer, run_dir)
-        elapsed = time.perf_counter() - started
-        done_images = trainer.images_seen - start_images
-        finished = trainer.step_index >= total_steps
-        if info.is_main:
-            save_sample_grid(trainer.G_ema, sample_z, rows, cols, run_dir / "samples" / "fakes_latest.png")
-            if finished:
-                export_generator(trainer.G_ema, run_dir / EXPORT_NAME)
-        return {
-            "run_dir": str(run_dir),
-            "steps": trainer.step_index,
-            "total_steps": total_steps,
-            "images_seen": trainer.images_seen,
-            "finished": finished,
-            "stopped_by": stop.signal_name if stop.requested else None,
-            "seconds": elapsed,
-            "s_per_kimg": (elapsed / done_images * 1000) if done_images else math.nan,
-            "last_stats": stats,
-            "trainer": trainer,
-        }
-    finally:
-        if observer is not None:
-            observer.close()
-        shutdown(info)
+    with training_run(run_dir, resume, config["training"]["threads"]):
+        info = init_distributed(str(config["training"]["device"]))
+        try:
+            job = GanJob(config, run_dir, resume, info, tensors=tensors, validation=validation, max_steps=max_steps)
+            return drive(job, stop, max_steps)
+        finally:
+            shutdown(info)

@@ -39,6 +39,7 @@ from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path
 from medsemgan.training.config import merge_section, read_yaml
+from medsemgan.training.driver import Job, Outcome, StopRequest, drive, training_run
 from medsemgan.models.unet import MODEL_DEFAULTS, build_unet  # noqa: F401  (re-exported)
 from medsemgan.weights import DTYPES as _DTYPES
 
@@ -87,7 +88,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "log_every": 25,
     "progress": True,
     "export_dtype": "fp16",  # 'fp16', 'bf16' or 'fp32' for unet.pt
-    "threads": 2,  # CPU threads (the machine this runs on is shared)
+    "threads": 2,  # torch CPU threads for the run (0: leave as is); the caller's count is restored
 }
 
 
@@ -327,6 +328,84 @@ def sidecar(config: dict, data_info: dict, trainer: UNetTrainer, final_loss: flo
 # --- the run ----------------------------------------------------------------------------------
 
 
+class UNetJob(Job):
+    """The U-Net baseline as the driver's job: iterations, plus the optional ``max_seconds`` of
+    training wall time (across resumes) as a second budget; either spent finishes the run."""
+
+    def __init__(self, config: dict, run_dir: Path, trainer: UNetTrainer, data_info: dict,
+                 max_steps: int | None):
+        from tqdm.auto import tqdm
+
+        self.config, self.run_dir, self.trainer, self.data_info = config, run_dir, trainer, data_info
+        self.t = t = config["training"]
+        self.total = int(t["iterations"])
+        self.last_step = self.total if max_steps is None else min(self.total, trainer.step_index + int(max_steps))
+        self.max_seconds = None if t["max_seconds"] is None else float(t["max_seconds"])
+        self.loss: float | None = None
+        self.losses: list[float] = []
+        self.summary_extra: dict[str, Any] = {}
+        self.bar = tqdm(total=self.total, initial=trainer.step_index, unit="it", desc="train unet",
+                        dynamic_ncols=True, disable=not t["progress"])
+
+    @property
+    def images_seen(self) -> int:
+        return self.trainer.step_index * int(self.t["batch_size"])
+
+    def complete(self) -> bool:
+        return self.trainer.step_index >= self.total
+
+    def step(self, progress) -> None:
+        trainer, t = self.trainer, self.t
+        started = time.perf_counter()
+        self.loss = trainer.step()
+        trainer.seconds += time.perf_counter() - started
+        self.losses.append(self.loss)
+        self.bar.update(1)
+        if trainer.step_index % int(t["log_every"]) == 0 or trainer.step_index == self.last_step:
+            mean_loss = sum(self.losses) / len(self.losses)
+            self.losses.clear()
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            with open(self.run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps({"step": trainer.step_index, "loss": mean_loss,
+                                    "lr": learning_rate(t, trainer.step_index - 1),
+                                    "seconds": round(trainer.seconds, 2)}) + "\n")
+
+    def budget_spent(self) -> str | None:
+        if self.max_seconds is not None and self.trainer.seconds >= self.max_seconds:
+            return "max_seconds"
+        return None
+
+    def checkpoint_due(self) -> bool:
+        return self.trainer.step_index % int(self.t["checkpoint_every"]) == 0
+
+    def write_checkpoint(self) -> None:
+        from medsemgan.training.checkpoint import checkpoint_path, save_checkpoint
+
+        save_checkpoint(checkpoint_path(self.run_dir), self.trainer.state_dict())
+
+    def finish(self, finished: bool) -> None:
+        if finished:
+            weights = export_state_dict(self.trainer.net, self.run_dir / WEIGHTS_NAME, self.t["export_dtype"])
+            write_json(sidecar(self.config, self.data_info, self.trainer, self.loss), self.run_dir / SIDECAR_NAME)
+            self.summary_extra = {"weights": str(weights), "sidecar": str(self.run_dir / SIDECAR_NAME)}
+
+    def summary(self, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.trainer.step_index,
+            "total_steps": self.total,
+            "finished": outcome.finished,
+            "stopped_by": outcome.stopped_by,
+            "train_seconds": round(self.trainer.seconds, 2),
+            "labeled_slices": int(self.trainer.images.shape[0]),
+            "final_loss": self.loss,
+            **self.summary_extra,
+        }
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def train_unet(
     config: dict,
     out_dir: str | os.PathLike,
@@ -334,93 +413,41 @@ def train_unet(
     *,
     tensors: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_steps: int | None = None,
-    stop=None,
+    stop: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the U-Net baseline described by ``config`` into ``out_dir``.
 
     ``tensors``: ``(images, masks)`` to use instead of ``data:`` (tests). ``max_steps``: stop after
     this many iterations of *this* call (checkpointed). ``stop``: a
-    ``medsemgan.training.run.StopRequest`` (SIGINT/SIGTERM set it too). Returns a summary.
+    :class:`~medsemgan.training.driver.StopRequest` (SIGINT/SIGTERM set it too).
+    ``training.threads`` sets torch's thread count for the run; the caller's is restored.
+    Returns a summary.
     """
-    from tqdm.auto import tqdm
-
-    from medsemgan.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-    from medsemgan.training.run import StopRequest, stop_on_signals
+    from medsemgan.training.checkpoint import checkpoint_path, load_checkpoint
 
     config = normalise_config(config, config.get("_source") if isinstance(config, dict) else None)
     t = config["training"]
     run_dir = Path(out_dir)
     ckpt = checkpoint_path(run_dir)
-    if not resume and ckpt.exists():
-        raise InputError(run_dir, "already holds a checkpoint: pass --resume to continue it, or choose another --out")
-    if int(t["threads"]) > 0 and torch.get_num_threads() > int(t["threads"]):
-        torch.set_num_threads(int(t["threads"]))
-    device = _device(t["device"])
-    if tensors is None:
-        images, masks, data_info = labeled_tensors(config)
-    else:
-        images, masks = tensors
-        data_info = {"source": "given tensors", "labeled_slices": int(images.shape[0])}
-    if tuple(images.shape[-2:]) != (int(config["data"]["resolution"]),) * 2:
-        raise InputError(None, f"labeled slices are {tuple(images.shape[-2:])}, data.resolution is "
-                               f"{config['data']['resolution']}")
-    trainer = UNetTrainer(config, images, masks, device)
-    if resume:
-        trainer.load_state_dict(load_checkpoint(ckpt), ckpt)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config, run_dir / "config.json")
-
-    total = int(t["iterations"])
-    last_step = total if max_steps is None else min(total, trainer.step_index + int(max_steps))
-    max_seconds = None if t["max_seconds"] is None else float(t["max_seconds"])
-    stop = stop or StopRequest()
-    bar = tqdm(total=total, initial=trainer.step_index, unit="it", desc="train unet", dynamic_ncols=True,
-               disable=not t["progress"])
-    log.info("training U-Net: iterations %d -> %d on %d labeled slices (%s), device %s",
-             trainer.step_index, last_step, images.shape[0], data_info.get("labeled_budget", data_info["source"]), device)
-    loss, losses = None, []
-    out_of_time = False
-    try:
-        with stop_on_signals(stop):
-            while trainer.step_index < last_step:
-                started = time.perf_counter()
-                loss = trainer.step()
-                trainer.seconds += time.perf_counter() - started
-                losses.append(loss)
-                bar.update(1)
-                if trainer.step_index % int(t["log_every"]) == 0 or trainer.step_index == last_step:
-                    mean_loss = sum(losses) / len(losses)
-                    losses.clear()
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                    with open(run_dir / "stats.jsonl", "a") as f:
-                        f.write(json.dumps({"step": trainer.step_index, "loss": mean_loss,
-                                            "lr": learning_rate(t, trainer.step_index - 1),
-                                            "seconds": round(trainer.seconds, 2)}) + "\n")
-                out_of_time = max_seconds is not None and trainer.seconds >= max_seconds
-                if stop.requested or out_of_time:
-                    break
-                if trainer.step_index % int(t["checkpoint_every"]) == 0:
-                    save_checkpoint(ckpt, trainer.state_dict())
-            save_checkpoint(ckpt, trainer.state_dict())
-    finally:
-        bar.close()
-    finished = trainer.step_index >= total or out_of_time
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "steps": trainer.step_index,
-        "total_steps": total,
-        "finished": finished,
-        "stopped_by": stop.signal_name if stop.requested else ("max_seconds" if out_of_time else None),
-        "train_seconds": round(trainer.seconds, 2),
-        "labeled_slices": int(images.shape[0]),
-        "final_loss": loss,
-    }
-    if finished:
-        weights = export_state_dict(trainer.net, run_dir / WEIGHTS_NAME, t["export_dtype"])
-        write_json(sidecar(config, data_info, trainer, loss), run_dir / SIDECAR_NAME)
-        summary["weights"] = str(weights)
-        summary["sidecar"] = str(run_dir / SIDECAR_NAME)
-    return summary
+    with training_run(run_dir, resume, int(t["threads"])):
+        device = _device(t["device"])
+        if tensors is None:
+            images, masks, data_info = labeled_tensors(config)
+        else:
+            images, masks = tensors
+            data_info = {"source": "given tensors", "labeled_slices": int(images.shape[0])}
+        if tuple(images.shape[-2:]) != (int(config["data"]["resolution"]),) * 2:
+            raise InputError(None, f"labeled slices are {tuple(images.shape[-2:])}, data.resolution is "
+                                   f"{config['data']['resolution']}")
+        trainer = UNetTrainer(config, images, masks, device)
+        if resume:
+            trainer.load_state_dict(load_checkpoint(ckpt), ckpt)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config, run_dir / "config.json")
+        job = UNetJob(config, run_dir, trainer, data_info, max_steps)
+        log.info("training U-Net: iterations %d -> %d on %d labeled slices (%s), device %s", trainer.step_index,
+                 job.last_step, images.shape[0], data_info.get("labeled_budget", data_info["source"]), device)
+        return drive(job, stop, max_steps)
 
 
 # --- the `medsemgan train unet` subcommand ----------------------------------------------------
