@@ -302,8 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (OUT/<case>.nii.gz), or with one input case a mask file "
                              "name ending .nii.gz/.nii")
     parser.add_argument("--bundle", default=None,
-                        help="bundle folder with models/generator.pt and models/encoder.pt "
-                             "(default: bundles/medsemgan_liver)")
+                        help="bundle folder with models/generator.pt and models/encoder.pt (default: "
+                             "$MEDSEMGAN_BUNDLE, the checkout's bundles/medsemgan_liver, or the installed "
+                             "bundle; docs/install.md)")
     parser.add_argument("--generator", default=None, help="generator weights (instead of the bundle's)")
     parser.add_argument("--encoder", default=None, help="encoder weights (instead of the bundle's)")
     parser.add_argument("--config", default=None,

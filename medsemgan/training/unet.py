@@ -37,11 +37,12 @@ import torch
 from medsemgan.paths import default_run_dir
 from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
-from medsemgan.io_utils import atomic_path
+from medsemgan.io_utils import atomic_path, write_json
 from medsemgan.training.config import merge_section, read_yaml
 from medsemgan.training.driver import Job, Outcome, StopRequest, drive, training_run
 from medsemgan.models.unet import MODEL_DEFAULTS, build_unet  # noqa: F401  (re-exported)
 from medsemgan.weights import DTYPES as _DTYPES
+from medsemgan.weights import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +154,6 @@ def load_unet_config(name_or_path: str | os.PathLike = DEFAULT_CONFIG) -> dict:
 # --- network ----------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"training.device {name}: CUDA is not available")
-    return device
-
-
 def labeled_tensors(config: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``(images [M,1,S,S] in [-1,1], masks [M,1,S,S] in {0,1}, description)`` per ``data:``."""
     d = config["data"]
@@ -187,7 +179,7 @@ def labeled_tensors(config: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     images, masks = tensors["labeled_image"], tensors["labeled_mask"]
     return images, masks, {
         "source": "ct",
-        "root": str(root),
+        "root": d["root"],  # null: $MEDSEMGAN_DATA or ../shared/data (no machine's absolute path)
         "labeled_budget": d["labeled_budget"],
         "labeled_slices": int(images.shape[0]),
         "labeled_with_liver": int((masks.flatten(1).amax(1) > 0).sum()),
@@ -299,13 +291,6 @@ def export_state_dict(net: torch.nn.Module, path: str | os.PathLike, dtype: str 
     return path
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
-
-
 def sidecar(config: dict, data_info: dict, trainer: UNetTrainer, final_loss: float | None) -> dict:
     """What a reader needs to rebuild and judge the weights (medsemgan.inference.unet reads it)."""
     return {
@@ -320,9 +305,22 @@ def sidecar(config: dict, data_info: dict, trainer: UNetTrainer, final_loss: flo
         "iterations": trainer.step_index,
         "train_seconds": round(trainer.seconds, 1),
         "final_loss": final_loss,
-        "config_source": config.get("_source"),
+        "config_source": portable_path(config.get("_source")),
         "weights_dtype": config["training"]["export_dtype"],
     }
+
+
+def portable_path(path: str | None) -> str | None:
+    """A path as the sidecar records it: relative to the repository when inside it (a committed
+    sidecar must not carry this machine's absolute paths), else as given."""
+    if path is None:
+        return None
+    from medsemgan.paths import REPO_DIR
+
+    try:
+        return str(Path(path).resolve().relative_to(REPO_DIR))
+    except ValueError:
+        return str(path)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -386,7 +384,8 @@ class UNetJob(Job):
     def finish(self, finished: bool) -> None:
         if finished:
             weights = export_state_dict(self.trainer.net, self.run_dir / WEIGHTS_NAME, self.t["export_dtype"])
-            write_json(sidecar(self.config, self.data_info, self.trainer, self.loss), self.run_dir / SIDECAR_NAME)
+            write_json(sidecar(self.config, self.data_info, self.trainer, self.loss), self.run_dir / SIDECAR_NAME,
+                       sort_keys=True)
             self.summary_extra = {"weights": str(weights), "sidecar": str(self.run_dir / SIDECAR_NAME)}
 
     def summary(self, outcome: Outcome) -> dict[str, Any]:
@@ -430,7 +429,7 @@ def train_unet(
     run_dir = Path(out_dir)
     ckpt = checkpoint_path(run_dir)
     with training_run(run_dir, resume, int(t["threads"])):
-        device = _device(t["device"])
+        device = resolve_device(t["device"], "training.device")
         if tensors is None:
             images, masks, data_info = labeled_tensors(config)
         else:
@@ -443,7 +442,7 @@ def train_unet(
         if resume:
             trainer.load_state_dict(load_checkpoint(ckpt), ckpt)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(config, run_dir / "config.json")
+        write_json(config, run_dir / "config.json", sort_keys=True)
         job = UNetJob(config, run_dir, trainer, data_info, max_steps)
         log.info("training U-Net: iterations %d -> %d on %d labeled slices (%s), device %s", trainer.step_index,
                  job.last_step, images.shape[0], data_info.get("labeled_budget", data_info["source"]), device)

@@ -160,3 +160,13 @@ def test_modality_augment_is_validated_and_reaches_the_training_batch():
     torch.manual_seed(0)
     unet_module.augment_batch(images, masks, {"p": 0.0})  # the same RNG draws as above
     assert torch.equal(shifted, modality_shift(plain, ModalityAugmentConfig(p=1.0)))
+
+
+def test_sidecar_paths_are_portable():
+    """A committed sidecar must not carry the exporting machine's absolute paths."""
+    from medsemgan.paths import REPO_DIR
+    from medsemgan.training.unet import portable_path
+
+    assert portable_path(str(REPO_DIR / "medsemgan" / "configs" / "unet_cpu.yaml")) == "medsemgan/configs/unet_cpu.yaml"
+    assert portable_path("/elsewhere/my.yaml") == "/elsewhere/my.yaml"
+    assert portable_path(None) is None
