@@ -49,6 +49,8 @@ def _spacing(image) -> tuple[float, ...]:
 def _case_fingerprint(study) -> dict:
     return {"image": str(study.image_path), "label": str(study.label_path), "modality": study.modality,
             "liver_value": study.liver_value, "label_kind": study.label_kind,
+            # own data may mark the liver with several values (--label 1,2): all of them key the case
+            "liver_values": list(getattr(study, "liver_values", (study.liver_value,))),
             "content": content_hashes([study.image_path, study.label_path])}
 
 

@@ -603,3 +603,17 @@ def test_report_overlays_draw_with_the_shared_contour_module():
     assert (panel[gt_line] == GT_RGB).all() and (panel[pred_line] == PRED_RGB).all()
     inside = gt & ~gt_line & ~contour(pred)
     assert (panel[inside] == panel[inside][0]).all() and tuple(panel[inside][0]) not in (GT_RGB, PRED_RGB)
+
+
+def test_case_cache_key_covers_every_liver_value():
+    """Own data may mark the liver with several values (--label 1,2): changing them must
+    recompute a case, not serve the result scored against the old label."""
+    from dataclasses import replace as dc_replace
+
+    from medsemgan.data.datalist import DatalistStudy
+    from medsemgan.evaluation.report_jobs import _case_fingerprint
+
+    base = DatalistStudy(name="c0", source="datalist:x", modality="CT", liver_value=1, split="test",
+                         image_path=Path("/nonexistent/c0.nii.gz"), label_path=None, extra={"liver_values": (1,)})
+    both = dc_replace(base, extra={"liver_values": (1, 2)})
+    assert _case_fingerprint(base) != _case_fingerprint(both)
