@@ -22,19 +22,20 @@ log = logging.getLogger(__name__)
 
 def gan_config(training_config: str = "cpu128", dataset_dir: str | None = None, device: str | None = None,
                kimg: float | None = None, labeled: int | None = None, batch_size: int | None = None,
-               fast: bool = True) -> dict:
+               fast: bool = True, label: str | int | None = None) -> dict:
     """The GAN run's configuration, exactly as ``medsemgan train gan --config ... --kimg ...``."""
     from medsemgan.training.cli_gan import apply_overrides
     from medsemgan.training.config import load_config
 
     args = argparse.Namespace(kimg=as_optional_float(kimg, "kimg"), labeled=as_optional_int(labeled, "labeled"),
                               batch=as_optional_int(batch_size, "batch_size"), device=as_optional_str(device),
-                              data=as_optional_str(dataset_dir), no_fast=not as_bool(fast, "fast"))
+                              data=as_optional_str(dataset_dir), no_fast=not as_bool(fast, "fast"),
+                              label=as_optional_str(label))
     return apply_overrides(load_config(training_config), args)
 
 
 def encoder_config(training_config: str = "cpu128", dataset_dir: str | None = None, device: str | None = None,
-                   kimg: float | None = None) -> dict:
+                   kimg: float | None = None, label: str | int | None = None) -> dict:
     """The encoder run's configuration, exactly as ``medsemgan train encoder --config ...``."""
     from medsemgan.training.encoder import load_encoder_config
 
@@ -47,6 +48,8 @@ def encoder_config(training_config: str = "cpu128", dataset_dir: str | None = No
         t["device"] = device
     if dataset_dir is not None:
         config["data"]["root"] = dataset_dir
+    if as_optional_str(label) is not None:  # own data: the liver's value(s) in its labels, e.g. "1,2"
+        config["data"]["label"] = as_optional_str(label)
     return config
 
 

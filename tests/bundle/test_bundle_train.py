@@ -104,3 +104,19 @@ def test_multi_gpu_config_under_torchrun_two_cpu_processes(tmp_path):
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert len(state["rng"]) == 2  # one RNG stream per process: both ranks took part
     _state_dict(run_dir / "generator_ema.pt")
+
+
+def test_train_configs_take_the_label_override():
+    """The bundle's train.json / train_encoder.json expose `label` (own data's liver value(s)),
+    as `medsemgan train gan|encoder --label` does."""
+    import json as _json
+
+    from medsemgan.bundle.training import encoder_config, gan_config
+    from medsemgan.paths import REPO_DIR
+
+    assert gan_config("cpu128", label="1,2")["data"]["label"] == "1,2"
+    assert encoder_config("cpu128", label=3)["data"]["label"] == "3"
+    assert gan_config("cpu128")["data"]["label"] == 1  # default: the liver is 1
+    for name, call in (("train", "gan_config"), ("train_encoder", "encoder_config")):
+        config = _json.loads((REPO_DIR / "bundles" / "medsemgan_liver" / "configs" / f"{name}.json").read_text())
+        assert config["label"] is None and "@label" in config[call]
