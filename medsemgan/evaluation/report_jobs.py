@@ -60,8 +60,13 @@ def _cache_file(out: Path, method: str, budget: str, test_set: str, case: str) -
 
 
 
+def predictions_dir(out: Path, method: str, budget: str) -> Path:
+    """Where a method's masks at one budget are written (one folder per test set below it)."""
+    return out / "predictions" / slug(method) / slug(budget)
+
+
 def prediction_file(out: Path, method: str, budget: str, case: str, test_set: str) -> Path:
-    return out / "predictions" / slug(method) / slug(budget) / slug(test_set) / f"{slug(case)}.nii.gz"
+    return predictions_dir(out, method, budget) / slug(test_set) / f"{slug(case)}.nii.gz"
 
 
 

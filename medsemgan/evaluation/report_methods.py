@@ -211,8 +211,6 @@ class PostprocessedRunner(Runner):
         super().__init__(method, source.budget, [], source.device, self._loader, {"mode": method.options["mode"]})
 
     def fingerprint_for(self, modality: str | None) -> str:
-        if not hasattr(self, "source"):  # called by Runner.__init__ before the source is set
-            return ""
         return hashlib.sha256(json.dumps({"version": CACHE_VERSION, "mode": self.method.options["mode"],
                                           "source": self.source.fingerprint_for(modality)},
                                          sort_keys=True).encode()).hexdigest()[:20]
@@ -242,10 +240,9 @@ def postprocessed_runner(method: Method, source: Runner | None, out: Path) -> Ru
     """The runner of a derived post-processing row, or why it is not available."""
     if source is None:
         return f"not available (its source method {method.options['source']} is not available)"
-    from medsemgan.evaluation.report_jobs import prediction_file
+    from medsemgan.evaluation.report_jobs import predictions_dir
 
-    predictions = prediction_file(out, source.method.key, source.budget, "x", "t").parent.parent
-    return PostprocessedRunner(method, source, predictions)
+    return PostprocessedRunner(method, source, predictions_dir(out, source.method.key, source.budget))
 
 
 def model_config(weights: dict) -> str | Path | None:
