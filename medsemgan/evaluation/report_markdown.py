@@ -78,12 +78,19 @@ def _ood_section(config: ReportConfig, summary: dict) -> list[str]:
                                          f"{fmt(s['out_of_domain_min'], 4, significant=True)} ({s['in_domain_above']} of {s['in_domain_n']} "
                                          f"CT case(s) at or above the MRI minimum, {s['out_of_domain_below']} of "
                                          f"{s['out_of_domain_n']} MRI case(s) at or below the CT maximum): "
-                                         "no threshold separates them.")
+                                         "no threshold separates them" + _ct_safe_text(s) + ".")
     lines += ["", "The report changes no configuration: to use a suggestion, set `inference.ood_signal` and "
               "`inference.ood_threshold` in the model YAML. A threshold belongs to one generator and encoder "
               "(and, for `mse`, to one mode: test-time optimisation lowers the error the encoder alone leaves)."]
     return lines
 
+
+
+def _ct_safe_text(s: dict) -> str:
+    if s.get("ct_safe_threshold") is None:
+        return "; every MRI case lies at or below the CT maximum"
+    return (f"; flagging no CT case, `ood_threshold` {fmt(s['ct_safe_threshold'], 4, significant=True)} "
+            f"still flags {s['out_of_domain_flagged']} of {s['out_of_domain_n']} MRI case(s)")
 
 
 def dice_text(stats: dict) -> str:

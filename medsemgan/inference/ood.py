@@ -77,12 +77,18 @@ def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dic
     """A threshold for one out-of-domain signal from measured cases: the midpoint between the largest
     in-domain (CT) and the smallest out-of-domain (MRI) value when every CT case lies below every
     MRI case (``separates`` True); ``separates`` False and no threshold when they overlap (with
-    how many cases lie on the wrong side of the other set's extreme); None when a side is empty."""
+    how many cases lie on the wrong side of the other set's extreme); None when a side is empty.
+
+    When they overlap, ``ct_safe_threshold`` is the midpoint between the largest CT value and the
+    next MRI value above it (None when no MRI case lies above every CT case), and
+    ``out_of_domain_flagged`` how many MRI cases it still flags: a warning that fires on in-domain
+    CT teaches users to ignore it, so a threshold that misses some MRI is the lesser harm."""
     ins = [float(v) for v in in_domain if v is not None and math.isfinite(v)]
     outs = [float(v) for v in out_of_domain if v is not None and math.isfinite(v)]
     result = {"in_domain_n": len(ins), "out_of_domain_n": len(outs),
               "in_domain_max": max(ins) if ins else None, "out_of_domain_min": min(outs) if outs else None,
-              "separates": None, "threshold": None, "in_domain_above": None, "out_of_domain_below": None}
+              "separates": None, "threshold": None, "in_domain_above": None, "out_of_domain_below": None,
+              "ct_safe_threshold": None, "out_of_domain_flagged": None}
     if ins and outs:
         high, low = result["in_domain_max"], result["out_of_domain_min"]
         result["separates"] = high < low
@@ -91,4 +97,8 @@ def suggest_threshold(in_domain: list[float], out_of_domain: list[float]) -> dic
         else:
             result["in_domain_above"] = sum(v >= low for v in ins)
             result["out_of_domain_below"] = sum(v <= high for v in outs)
+            above = sorted(v for v in outs if v > high)
+            if above:
+                result["ct_safe_threshold"] = (high + above[0]) / 2
+                result["out_of_domain_flagged"] = len(above)
     return result

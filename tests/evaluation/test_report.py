@@ -329,6 +329,11 @@ def test_suggest_threshold_overlap_gives_no_threshold_and_counts_the_crossings()
     assert (s["in_domain_max"], s["out_of_domain_min"]) == (0.060, 0.030)
     assert s["in_domain_above"] == 1  # 0.060 >= 0.030
     assert s["out_of_domain_below"] == 2  # 0.030 and 0.050 <= 0.060
+    # no CT case flagged: halfway from the CT maximum to the next MRI value; 0.090 still flagged
+    assert s["ct_safe_threshold"] == pytest.approx(0.075)
+    assert s["out_of_domain_flagged"] == 1
+    none_above = suggest_threshold([0.10], [0.030, 0.050])
+    assert none_above["separates"] is False and none_above["ct_safe_threshold"] is None
     # equal extremes do not separate either
     assert suggest_threshold([0.04], [0.04])["separates"] is False
     empty = suggest_threshold([0.01], [])
@@ -380,6 +385,7 @@ def test_ood_section_counts_and_suggestions_from_hand_made_rows(workspace):
     assert ("- SemanticGAN (TTO), 8 slices, `structure`: CT max 0.57 (n=2) < MRI min 0.8 (n=2): "
             "suggested `ood_threshold` 0.685.") in section
     assert "1 of 2 CT case(s) at or above the MRI minimum, 1 of 2 MRI case(s) at or below the CT maximum" in section
+    assert "flagging no CT case, `ood_threshold` 0.075 still flags 1 of 2 MRI case(s)." in section
     assert "Reference masks" not in section  # only SemanticGAN methods carry the signal
 
 
