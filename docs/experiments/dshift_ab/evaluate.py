@@ -113,3 +113,8 @@ def main(sources: list[Path]) -> None:
 
 if __name__ == "__main__":
     main([Path(p).expanduser() for p in sys.argv[1:]])
+
+# Decision rule, written before the arms finished (2026-12-07 14:46 UTC): arm B (shift) is kept
+# when its shifted-CT LNCC Dice (mean over the shift seeds) beats arm A's by at least 0.02 and its
+# clean-CT Dice is at most 0.02 below arm A's; otherwise the run continues as arm A. The two arms'
+# val/dice at 20 kimg (stats.jsonl, 12 slices) is reported beside it, not used to decide.
