@@ -1,4 +1,4 @@
-"""Issue 16 item 3, measured on the dev studies: restarts and 3-D post-processing.
+"""Issue 16 item 3, measured on the dev studies: restarts, the w+ smoothness term and 3-D post-processing.
 
 For every dev study (CT: chaos_ct_1 and the 5 BTCV dev patients; MRI: the 10 CHAOS T2 patients)
 this segments with the given bundle weights (TTO at the configuration's K, the MR path for MRI)
@@ -9,6 +9,8 @@ summary table to ``<out>/summary.md``.
 
     MEDSEMGAN_DATA=../shared/data python docs/experiments/inversion_levers.py \
         --out ~/.cache/medsemgan/experiments/inversion_levers --restarts none neighbour --threads 1
+    # the smoothness term (inference.smooth_weight) at two weights, MRI only:
+    ... --restarts none --smooth 1 10 --sets mri
 
 Cited by docs/results.md ("Inversion levers").
 """
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--bundle", default=str(REPO_DIR / "bundles" / "medsemgan_liver"))
     parser.add_argument("--unet", default=str(REPO_DIR / "baselines" / "unet_shift_all.pt"))
     parser.add_argument("--restarts", nargs="+", default=["none", "neighbour"])
+    parser.add_argument("--smooth", nargs="*", type=float, default=[],
+                        help="also TTO with these inference.smooth_weight values (no restarts)")
     parser.add_argument("--sets", nargs="+", default=["mri", "ct"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -56,19 +60,21 @@ def main() -> None:
     cases = [case for name in args.sets for case in by_set[name]]
     model = SegmentationModel.from_bundle(args.bundle)
     unet = UNetSegmenter.from_file(args.unet)
-    methods = {"unet_shift": None} | {f"tto_restarts_{r}": r for r in args.restarts}
+    methods = ({"unet_shift": None}
+               | {f"tto_restarts_{r}": SegmentOptions(seed=0, restarts=() if r == "none" else (r,))
+                  for r in args.restarts}
+               | {f"tto_smooth_{w:g}": SegmentOptions(seed=0, extra_tto={"smooth_weight": w}) for w in args.smooth})
     for test_set, name in cases:
         study = get_study(root, name)
         loaded = study.load()
         truth = loaded["label"][0].numpy() > 0
-        for method, restart in methods.items():
+        for method, options in methods.items():
             if (name, method) in done:
                 continue
             started = time.perf_counter()
-            if restart is None:
+            if options is None:
                 mask, extras = segment_volume_unet(loaded["image"], unet, study.modality, 32)
             else:
-                options = SegmentOptions(seed=0, restarts=() if restart == "none" else (restart,))
                 mask, extras = segment_volume(loaded["image"], model, options)
             row = {"test_set": test_set, "case": name, "method": method,
                    "seconds": round(time.perf_counter() - started, 1),

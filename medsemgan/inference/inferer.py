@@ -100,8 +100,11 @@ class TTOInferer(Inferer):
                                        disable=not self.progress or len(chunks) < 2)):
             first = i * self.batch_size
             init = None if ws_init is None else ws_init[first:first + chunk.shape[0]]
+            # 3-D consistency across batches: the previous batch's last solved slice
+            before = parts["ws"][-1][-1] if options.smooth_weight and parts["ws"] else None
             result = invert(G, E, chunk, options, ws_init=init, progress=self.progress,
-                            desc=f"{what}optimising {first + 1}-{first + chunk.shape[0]}/{slices.shape[0]}")
+                            desc=f"{what}optimising {first + 1}-{first + chunk.shape[0]}/{slices.shape[0]}",
+                            ws_before=before)
             for key, value in (("ws", result.ws), ("logits", result.label_logits), ("recon", result.recon_mse),
                                ("structure", result.structure_error), ("loss", result.loss),
                                ("steps", result.steps_run)):

@@ -138,6 +138,7 @@ def segment_volume(image: str | os.PathLike | MetaTensor, model: SegmentationMod
         "mean_objective": float(objective.mean()),
         **verdict,
         "restarts": list(inferer.options_for(predicted.modality).restarts),
+        "smooth_weight": inferer.options_for(predicted.modality).smooth_weight,
         "postprocess": postprocess,
         "liver_voxels": int(mask.sum()),
         "liver_volume_ml": liver_volume_ml(mask, image.affine),
@@ -336,6 +337,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra test-time optimisation starts per slice, kept when their objective "
                              "ends lower: 'neighbour' (the adjacent slice's solved w+), 'mean' (the mean "
                              "latent); each costs one more optimisation pass")
+    parser.add_argument("--smooth", type=float, default=None, metavar="WEIGHT",
+                        help="3-D consistency: weight of the squared w+ difference between adjacent "
+                             "slices during test-time optimisation (default: the configuration's "
+                             "inference.smooth_weight, 0 = slices solved independently)")
     parser.add_argument("--modality", choices=["CT", "MR", "ct", "mr"], default=None,
                         help="override the modality (NIfTI/NRRD files do not record it)")
     parser.add_argument("--save-prob", action="store_true",
@@ -391,6 +396,14 @@ def output_paths(output: Path, case: str, single_file: bool, save_prob: bool, pr
     if preview:
         paths["preview"] = folder / f"{stem}_overlay.png"
     return paths
+
+
+def _smooth(weight: float | None) -> dict:
+    if weight is None:
+        return {}
+    if weight < 0:
+        raise InputError(None, f"--smooth must be >= 0, got {weight}")
+    return {"smooth_weight": float(weight)}
 
 
 def _restarts(text: str | None) -> tuple[str, ...] | None:
@@ -492,7 +505,8 @@ def run(args: argparse.Namespace) -> int:
                              progress=not args.no_progress,
                              optimize_noise=getattr(args, "optimize_noise", None),
                              postprocess=getattr(args, "postprocess", None),
-                             restarts=_restarts(getattr(args, "restarts", None)))
+                             restarts=_restarts(getattr(args, "restarts", None)),
+                             extra_tto=_smooth(getattr(args, "smooth", None)))
     segmenter = _segmenter(args, device, options) if plan else None
     done, failed = [], []
     bar = tqdm(plan, desc="studies", unit="study", disable=args.no_progress or len(plan) < 2)

@@ -75,6 +75,11 @@ class TTOOptions:
     # slice keeps the start whose objective ends lowest (TTOInferer). 'neighbour': the solved w+
     # of the adjacent slice (above or below) with the lower objective; 'mean': the mean latent.
     restarts: tuple[str, ...] = ()
+    # 3-D consistency: weight of the mean squared difference between a slice's w+ and its
+    # adjacent slices' (``ws_before``/``ws_after`` beyond the batch's ends). It couples the slices
+    # of a batch, so a slice's result then depends on its neighbours (by design); it joins the
+    # gradient only, like the noise penalty: selection and early stopping compare the fit.
+    smooth_weight: float = 0.0
 
     @classmethod
     def from_config(cls, section: dict | None, **overrides) -> "TTOOptions":
@@ -110,6 +115,8 @@ class TTOOptions:
             raise ValueError(f"perceptual must be one of {sorted(PERCEPTUAL_LOSSES)}, got {self.perceptual!r}")
         if self.noise_init not in NOISE_INITS:
             raise ValueError(f"noise_init must be one of {NOISE_INITS}, got {self.noise_init!r}")
+        if self.smooth_weight < 0:
+            raise ValueError(f"smooth_weight must be >= 0, got {self.smooth_weight}")
         unknown = [r for r in self.restarts if r not in RESTART_STARTS]
         if unknown:
             raise ValueError(f"restarts must be among {RESTART_STARTS}, got {unknown}")
@@ -258,13 +265,31 @@ class _Objective:
         return loss, penalty, image, logits
 
 
+def smoothness_per_slice(ws: torch.Tensor, before: torch.Tensor | None = None,
+                         after: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N]``: for each slice of ``ws [N, num_ws, w_dim]`` (adjacent slices in order), the summed
+    mean squared difference to its neighbours; ``before``/``after`` (``[num_ws, w_dim]``) are the
+    neighbours beyond the first and last slice, held fixed."""
+    penalty = ws.new_zeros(ws.shape[0])
+    if ws.shape[0] > 1:
+        step = (ws[1:] - ws[:-1]).square().flatten(1).mean(1)
+        penalty = penalty + F.pad(step, (1, 0)) + F.pad(step, (0, 1))
+    if before is not None:
+        penalty = penalty + F.pad((ws[:1] - before).square().flatten(1).mean(1), (0, ws.shape[0] - 1))
+    if after is not None:
+        penalty = penalty + F.pad((ws[-1:] - after).square().flatten(1).mean(1), (ws.shape[0] - 1, 0))
+    return penalty
+
+
 def invert(generator: nn.Module, encoder: nn.Module | None, images: torch.Tensor,
            options: TTOOptions | None = None, ws_init: torch.Tensor | None = None,
-           progress: bool = False, desc: str = "optimising") -> TTOResult:
+           progress: bool = False, desc: str = "optimising",
+           ws_before: torch.Tensor | None = None, ws_after: torch.Tensor | None = None) -> TTOResult:
     """Invert ``images [N, 1, S, S]`` (in [-1, 1]); see the module docstring.
 
     ``ws_init`` replaces the encoder's first guess (then ``encoder`` may be ``None`` unless the
-    encoder-consistency term is on). Runs on the generator's device.
+    encoder-consistency term is on). ``ws_before``/``ws_after``: the solved w+ of the slices just
+    before and after this batch, for ``options.smooth_weight``. Runs on the generator's device.
     """
     options = options or TTOOptions()
     options.validate()
@@ -284,8 +309,10 @@ def invert(generator: nn.Module, encoder: nn.Module | None, images: torch.Tensor
                 ws_init = encoder(images)
         ws = ws_init.detach().to(device=device, dtype=torch.float32).clone()
         noise = initial_noise(generator, n, options, device) if options.optimize_noise else []
+        anchors = tuple(None if a is None else a.detach().to(device=device, dtype=torch.float32)
+                        for a in (ws_before, ws_after))
         return _optimise(_Objective(generator, encoder, options, device), images, ws, noise, options,
-                         progress, desc)
+                         progress, desc, anchors)
 
 
 def _adam_step(param: torch.Tensor, current: torch.Tensor, grad: torch.Tensor,
@@ -302,7 +329,8 @@ def _adam_step(param: torch.Tensor, current: torch.Tensor, grad: torch.Tensor,
 
 
 def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
-              noise: list[torch.Tensor], options: TTOOptions, progress: bool, desc: str) -> TTOResult:
+              noise: list[torch.Tensor], options: TTOOptions, progress: bool, desc: str,
+              anchors: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> TTOResult:
     n = images.shape[0]
     device = images.device
     params = [ws, *noise]  # optimised jointly; row i of each belongs to slice i
@@ -332,6 +360,11 @@ def _optimise(objective: _Objective, images: torch.Tensor, ws: torch.Tensor,
         else:
             loss, penalty, image, logits = objective(current[0], current[1:], images[active])
             descent = loss if penalty is None else loss + options.noise_reg_weight * penalty
+            if options.smooth_weight:
+                # stopped slices take part with their best w+, held fixed
+                volume = best_params[0].clone()
+                volume[active] = current[0]
+                descent = descent + options.smooth_weight * smoothness_per_slice(volume, *anchors)[active]
             grads = torch.autograd.grad(descent.sum(), current)
         loss = loss.detach()
         history.append(float(loss.sum()))

@@ -58,6 +58,40 @@ def test_restarts_never_end_with_a_worse_objective(tiny_models, target_slices):
     assert torch.equal(again.last_extras["structure_error"], plain.last_extras["structure_error"])
 
 
+def test_smoothness_sums_the_squared_steps_to_each_neighbour():
+    from medsemgan.inference.tto import smoothness_per_slice
+
+    ws = torch.tensor([0.0, 1.0, 3.0]).view(3, 1, 1).expand(3, 2, 4).clone()
+    assert smoothness_per_slice(ws).tolist() == [1.0, 5.0, 4.0]  # steps 1 and 2, squared
+    before, after = torch.full((2, 4), -1.0), torch.full((2, 4), 3.0)
+    assert smoothness_per_slice(ws, before, after).tolist() == [2.0, 5.0, 4.0]
+    assert smoothness_per_slice(ws[:1]).tolist() == [0.0]
+
+
+def test_smoothness_pulls_adjacent_slices_together_across_batches(tiny_models, target_slices):
+    G, E = tiny_models
+    volume = target_slices.permute(1, 2, 3, 0)[None]  # [1, 1, S, S, D]
+
+    def solved_ws(weight: float) -> torch.Tensor:
+        inferer = TTOInferer(TTOOptions(steps=6, lr=0.05, smooth_weight=weight), batch_size=2)
+        found = {}
+        original = inferer._solve
+
+        def keep(*args, **kwargs):
+            found.update(original(*args, **kwargs))
+            return found
+        inferer._solve = keep
+        inferer(volume, _Network(G, E))
+        return found["ws"]
+
+    independent, smooth = solved_ws(0.0), solved_ws(100.0)
+    step = lambda ws: (ws[1:] - ws[:-1]).square().mean(dim=(1, 2))  # noqa: E731
+    # every adjacent pair ends closer, the pair that straddles the two batches (1, 2) included
+    assert bool((step(smooth) < step(independent)).all())
+    with pytest.raises(ValueError, match="smooth_weight"):
+        TTOOptions(smooth_weight=-1.0).validate()
+
+
 def test_unknown_restart_is_refused():
     with pytest.raises(ValueError, match="restarts"):
         TTOOptions.from_config({"restarts": ["encoder", "sideways"]})
