@@ -32,7 +32,7 @@ from medsemgan.inference.inferer import TTOInferer
 from medsemgan.inference.model import SegmentationModel
 from medsemgan.inference.ood import ood_message, ood_setting, ood_verdict, signal_record
 from medsemgan.inference.postprocess import POSTPROCESS_MODES, postprocess_mask
-from medsemgan.inference.tto import RESTART_STARTS
+from medsemgan.inference.tto import RESTART_STARTS, TTOOptions
 from medsemgan.inference.options import (  # noqa: F401  (SegmentOptions, modality_overrides re-exported)
     DEFAULT_BATCH_SIZE, SegmentOptions, modality_overrides, resolve_modality)
 from medsemgan.modality import guess_modality  # noqa: F401  (re-exported)
@@ -401,8 +401,10 @@ def output_paths(output: Path, case: str, single_file: bool, save_prob: bool, pr
 def _smooth(weight: float | None) -> dict:
     if weight is None:
         return {}
-    if weight < 0:
-        raise InputError(None, f"--smooth must be >= 0, got {weight}")
+    try:  # one rule for the flag and the configuration key, raised as the CLI's input error
+        TTOOptions(smooth_weight=float(weight)).validate()
+    except ValueError as err:
+        raise InputError(None, f"--smooth: {err}") from None
     return {"smooth_weight": float(weight)}
 
 

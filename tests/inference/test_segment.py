@@ -153,3 +153,24 @@ def test_unavailable_device_is_a_clear_error(bundle, small_nifti, tmp_path, caps
         pytest.skip("CUDA is available here")
     assert _segment(bundle, small_nifti, tmp_path / "o", "--device", "cuda") == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_inversion_options_from_the_command_line_reach_the_case_record(bundle, small_nifti, tmp_path):
+    """--smooth, --restarts and --postprocess are what the case JSON says ran; the tiny bundle's
+    configuration sets none of them, so its defaults (0, no restarts, none) are the other half."""
+    assert _segment(bundle, small_nifti, tmp_path / "plain") == 0
+    plain = json.loads((tmp_path / "plain" / "phantom.json").read_text())
+    assert (plain["smooth_weight"], plain["restarts"], plain["postprocess"]) == (0.0, [], "none")
+    assert _segment(bundle, small_nifti, tmp_path / "set", "--smooth", "2.5", "--restarts", "mean",
+                    "--postprocess", "largest") == 0
+    chosen = json.loads((tmp_path / "set" / "phantom.json").read_text())
+    assert (chosen["smooth_weight"], chosen["restarts"], chosen["postprocess"]) == (2.5, ["mean"], "largest")
+
+
+@pytest.mark.parametrize("flag, value, message", [("--smooth", "-1", "--smooth: smooth_weight must be >= 0"),
+                                                  ("--restarts", "mean,sideways", "unknown start 'sideways'")])
+def test_bad_inversion_options_are_refused_before_any_output(bundle, small_nifti, tmp_path, capsys,
+                                                             flag, value, message):
+    assert _segment(bundle, small_nifti, tmp_path / "out", flag, value) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
