@@ -60,15 +60,16 @@ def _model(args):
         return SegmentationModel.build(name), f"randomly initialised {name} (no trained weights: {err.problem})"
 
 
-def _volume_seconds(path: Path, model, steps: int, batch_size: int | None) -> dict:
+def _volume_seconds(path: Path, model, steps: int, batch_size: int | None, extra_tto: dict | None = None) -> dict:
     from medsemgan.inference.segment import SegmentOptions, segment_volume
 
     cpu = time.process_time()
-    mask, extras = segment_volume(path, model, SegmentOptions(steps=steps, batch_size=batch_size))
+    mask, extras = segment_volume(path, model, SegmentOptions(steps=steps, batch_size=batch_size,
+                                                              extra_tto=extra_tto or {}))
     return {"seconds": round(extras["seconds"], 2), "slices": extras["slices"],
             "cpu_seconds": round(time.process_time() - cpu, 2),
             "steps_run_mean": round(sum(extras["steps_run"]) / max(1, len(extras["steps_run"])), 1),
-            "modality": extras["modality"]}
+            "modality": extras["modality"], "smooth_weight": extras["smooth_weight"]}
 
 
 def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats: int = 1) -> dict:
@@ -86,6 +87,9 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats
     image = load_image(path)
     modality, _ = resolve_modality(image, path, None)
     options = SegmentOptions(steps=steps).tto_options(model.config.inference, modality)
+    # Slices solved one at a time have no neighbours to be smoothed towards: compare batching
+    # alone (the smoothness term's own cost is ``mr_smoothing_cost``).
+    options = dataclasses.replace(options, smooth_weight=0.0)
     volume = preprocess(modality, model.resolution, keys=("image",))({"image": image})["image"]
     depth = volume.shape[-1]
     start = max(0, depth // 2 - count // 2)
@@ -123,6 +127,17 @@ def _batched_vs_serial(path: Path, model, steps: int | None, count: int, repeats
             "runs_seconds": {name: [round(w, 2) for w, _ in r] for name, r in runs.items()},
             "reference_loop_seconds": round(plain_wall, 2), "reference_loop_cpu_seconds": round(plain_cpu, 2),
             "speedup_vs_reference_loop": round(plain_wall / max(b_wall, 1e-9), 2)}
+
+
+def _smoothing_cost(path: Path, model, steps: int, batch_size: int | None, seconds: float, cpu_seconds: float) -> dict:
+    """The same volume again with the slice-to-slice w+ smoothness off: what the default costs.
+    The CPU-time ratio is the one to read on a shared machine."""
+    independent = _volume_seconds(path, model, steps, batch_size, {"smooth_weight": 0.0})
+    return {"seconds_smoothed": seconds, "seconds_independent": independent["seconds"],
+            "cpu_seconds_smoothed": cpu_seconds, "cpu_seconds_independent": independent["cpu_seconds"],
+            "steps_run_mean_independent": independent["steps_run_mean"],
+            "smooth_weight_independent": independent["smooth_weight"],
+            "cpu_ratio": round(cpu_seconds / max(independent["cpu_seconds"], 1e-9), 3)}
 
 
 @restores_torch_threads
@@ -174,6 +189,9 @@ def run(args: argparse.Namespace) -> dict:
         result[f"{key}_cpu_seconds_encoder_only"] = encoder_only["cpu_seconds"]
         result[f"{key}_cpu_seconds_optimized"] = optimised["cpu_seconds"]
         result[f"{key}_steps_run_mean"] = optimised["steps_run_mean"]
+    if options.smooth_weight > 0:
+        result["mr_smoothing_cost"] = _smoothing_cost(mr, model, options.steps, args.batch_size,
+                                                      result["mr_seconds_optimized"], result["mr_cpu_seconds_optimized"])
     comparison = _batched_vs_serial(mr, model, args.steps, args.speedup_slices or result["batch_size"],
                                     args.repeats)
     result["speedup"] = comparison.pop("speedup")

@@ -36,11 +36,12 @@ def test_bench_infer_prints_the_timings_and_the_batched_speedup(tmp_path, capsys
     assert result["batched_vs_serial"]["modality"] == "MR"
     assert result["batched_vs_serial"]["perceptual"] == "lncc"
     assert result["peak_rss_mib"] > 0 and "ct_seconds_optimized" not in result
+    assert "mr_smoothing_cost" not in result  # nothing to compare: the configuration does not smooth
 
 
 def test_bench_infer_compares_one_full_batch_and_keeps_the_fastest_of_alternating_runs(tmp_path, capsys):
     torch.manual_seed(0)
-    config = {**TINY, "inference": {**TINY["inference"], "batch_size": 4}}
+    config = {**TINY, "inference": {**TINY["inference"], "batch_size": 4, "smooth_weight": 1.0}}
     SegmentationModel.build(config).save(tmp_path / "bundle")
     (tmp_path / "bundle" / "configs").mkdir()
     (tmp_path / "bundle" / "configs" / "model.yaml").write_text(yaml.safe_dump(config))
@@ -58,3 +59,7 @@ def test_bench_infer_compares_one_full_batch_and_keeps_the_fastest_of_alternatin
         assert len(runs) == 2 and comparison[f"{name}_seconds"] == min(runs)
     assert result["tto"]["modconv_form"] == "batched"
     assert isinstance(result["keep_freed_memory"], bool)
+    cost = result["mr_smoothing_cost"]  # the configured smoothness against the same volume without it
+    assert cost["seconds_smoothed"] == result["mr_seconds_optimized"] and cost["seconds_independent"] > 0
+    assert cost["smooth_weight_independent"] == 0.0
+    assert cost["cpu_ratio"] == round(cost["cpu_seconds_smoothed"] / cost["cpu_seconds_independent"], 3)
