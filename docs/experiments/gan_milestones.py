@@ -23,16 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent / "dshift_ab"))
-from evaluate import evidence_slices, load_generator, project  # noqa: E402
+from evaluate import evidence_slices, load_generator, project, shifted_copies  # noqa: E402
 
 from medsemgan.training.config import load_config  # noqa: E402
-from medsemgan.training.modality_augment import ModalityAugmentConfig, modality_shift  # noqa: E402
 
 ROWS = Path(__file__).parent / "results" / "gan_0.4.0_milestones.jsonl"
-SHIFT_SEEDS = (0, 1, 2)
 
 
 def images_seen(path: Path) -> int:
@@ -49,10 +45,7 @@ def main(paths: list[Path]) -> None:
     done = {json.loads(line)["images_seen"] for line in ROWS.read_text().splitlines()} if ROWS.is_file() else set()
     config = load_config("cpu128")
     data = evidence_slices()
-    shifted = []
-    for seed in SHIFT_SEEDS:
-        torch.manual_seed(seed)
-        shifted.append(modality_shift(data["image"], ModalityAugmentConfig(p=1.0, p_bias=1.0, p_noise=1.0)).clamp(-1, 1))
+    shifted = shifted_copies(data["image"])
     for path in sorted(paths, key=images_seen):
         seen = images_seen(path)
         if seen in done:

@@ -88,14 +88,20 @@ def project(G: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, infer
     return pooled_dice(torch.cat(preds), masks)
 
 
+def shifted_copies(images: torch.Tensor) -> list[torch.Tensor]:
+    """The slices under the encoder's modality shift, every component on, one copy per fixed seed."""
+    shifted = []
+    for seed in SHIFT_SEEDS:
+        torch.manual_seed(seed)
+        shifted.append(modality_shift(images, ModalityAugmentConfig(p=1.0, p_bias=1.0, p_noise=1.0)).clamp(-1, 1))
+    return shifted
+
+
 def main(sources: list[Path]) -> None:
     torch.set_num_threads(int(torch.get_num_threads()))
     config = load_config("cpu128")
     data = evidence_slices()
-    shifted = []
-    for seed in SHIFT_SEEDS:
-        torch.manual_seed(seed)
-        shifted.append(modality_shift(data["image"], ModalityAugmentConfig(p=1.0, p_bias=1.0, p_noise=1.0)).clamp(-1, 1))
+    shifted = shifted_copies(data["image"])
     print(f"{data['image'].shape[0]} CT slices (BTCV pool, labels never trained on); projection from w_avg, "
           f"{STEPS} steps; Dice pooled")
     for source in sources:
