@@ -7,8 +7,11 @@
 #   MEDSEMGAN_DATA=../shared/data nohup docs/experiments/ship_0.4.0.sh >> ~/.cache/medsemgan/ship_0.4.0.log 2>&1 &
 #
 # Stages (docs/training.md, "Reproducing the shipped model"; lengths as for 0.3.1):
-#   1. the EMA generator of RUN exported (fp16, cast checked) into STAGE/bundles/medsemgan_liver;
-#      the rest of that bundle (configs, budget-8 weights, sample) is the checkout's
+#   1. the generator GAN (default: RUN's last EMA generator; by the rule in docs/training.md, "The
+#      0.4.0 run", the kept snapshot with the best clean-CT evidence of gan_milestones.py, e.g.
+#      GAN=$RUN/snapshots/generator_ema_000090000.pt) exported (fp16, cast checked) into
+#      STAGE/bundles/medsemgan_liver; the rest of that bundle (configs, budget-8 weights, sample)
+#      is the checkout's
 #   2. the CT encoder against that generator file, CT_KIMG thousand images, exported as encoder.pt
 #   3. the MR encoder (modality shift on 70 % of real slices), MR_KIMG, exported as encoder_mr.pt
 #   4. `medsemgan report` with weights_root = STAGE (the committed U-Nets linked in beside it)
@@ -18,6 +21,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 M=${MEDSEMGAN:-$REPO/.venv/bin/medsemgan}
 CACHE=$HOME/.cache/medsemgan
 RUN=${RUN:-$CACHE/runs/gan_cpu128}
+GAN=${GAN:-$RUN}
 STAGE=${STAGE:-$CACHE/ship_0.4.0}
 BUNDLE=$STAGE/bundles/medsemgan_liver
 CT_KIMG=${CT_KIMG:-12}
@@ -28,11 +32,11 @@ export OMP_WAIT_POLICY=passive MEDSEMGAN_DATA=${MEDSEMGAN_DATA:-$REPO/../shared/
 say() { echo "== $(date -u '+%F %T') $*"; }
 
 if [ ! -f "$STAGE/.generator_exported" ]; then
-  say "1. generator from $RUN -> $BUNDLE"
+  say "1. generator from $GAN -> $BUNDLE"
   rm -rf "$STAGE" && mkdir -p "$STAGE/bundles"
   cp -r "$REPO/bundles/medsemgan_liver" "$BUNDLE"
   ln -s "$REPO/baselines" "$STAGE/baselines"
-  "$M" export --gan "$RUN" --bundle "$BUNDLE"
+  "$M" export --gan "$GAN" --bundle "$BUNDLE"
   touch "$STAGE/.generator_exported"
 fi
 

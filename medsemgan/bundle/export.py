@@ -29,6 +29,7 @@ import datetime
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path, file_sha256
-from medsemgan.weights import cast_state_dict, read_weights, save_state_dict
+from medsemgan.weights import cast_state_dict, is_state_dict, read_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,42 @@ def cast_error(model_config: dict, state: dict[str, torch.Tensor], dtype: str | 
     }
 
 
+def _snapshot_images_seen(path: Path) -> int:
+    """Images seen by a kept snapshot: ``best.json`` beside the best one, else the file name."""
+    from medsemgan.training.run import BEST_RECORD, BEST_SNAPSHOT
+
+    if path.name == BEST_SNAPSHOT and (path.parent / BEST_RECORD).is_file():
+        return int(json.loads((path.parent / BEST_RECORD).read_text())["images_seen"])
+    digits = re.search(r"(\d+)\.pt$", path.name)
+    if digits is None:
+        raise InputError(path, "is a generator state dict, but how many images it has seen is unknown "
+                               "(expected a run's snapshots/generator_ema_<images>.pt or generator_ema_best.pt)")
+    return int(digits.group(1))
+
+
+def _snapshot_as_checkpoint(path: Path) -> dict[str, Any]:
+    """A kept snapshot (plain state dict) with what its run folder knows, shaped like a checkpoint."""
+    config_file = path.parent.parent / "config.json"
+    state = read_weights(path, "generator snapshot")
+    if not is_state_dict(state) or not config_file.is_file():
+        raise InputError(path, "is not a GAN run's kept snapshot (a generator state dict in <run>/snapshots/, "
+                               "the run's config.json beside snapshots/)")
+    config_text = config_file.read_text()
+    seen = _snapshot_images_seen(path)
+    return {"G_ema": state, "config": config_text, "images_seen": seen,
+            "step": seen // int(json.loads(config_text)["training"]["batch_size"])}
+
+
 def _gan_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """EMA generator state and what is known about its run, from a run folder or a checkpoint."""
+    """EMA generator state and what is known about its run, from a run folder, a checkpoint, or
+    one of the run's kept snapshots (``snapshots/*.pt``: the run's ``config.json`` describes it)."""
     from medsemgan.training.checkpoint import checkpoint_path, load_checkpoint
 
     checkpoint = checkpoint_path(path) if path.is_dir() else path
-    state = load_checkpoint(checkpoint)
+    if path.is_file() and path.parent.name == "snapshots":
+        state = _snapshot_as_checkpoint(path)
+    else:
+        state = load_checkpoint(checkpoint)
     if "G_ema" not in state:
         raise InputError(checkpoint, "has no G_ema entry (not a GAN checkpoint)")
     config = json.loads(state["config"]) if isinstance(state.get("config"), str) else state.get("config") or {}
@@ -211,7 +242,8 @@ def export_encoder(encoder: Path, models_dir: Path, dtype: str = "fp16", budget:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gan", type=Path, help="GAN run folder or its checkpoint.pt: writes the EMA generator")
+    parser.add_argument("--gan", type=Path, help="GAN run folder, its checkpoint.pt, or one of its kept snapshots "
+                                                 "(snapshots/generator_ema_best.pt): writes the EMA generator")
     parser.add_argument("--encoder", type=Path, help="encoder run folder or its encoder.pt")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the one segment uses: $MEDSEMGAN_BUNDLE, the checkout's bundles/medsemgan_liver, else the user folder)")
     parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp16", help="stored precision (default fp16)")

@@ -5,6 +5,7 @@ Run directory layout (``out_dir``)::
     checkpoint.pt        latest full training state (atomic; --resume continues from it)
     generator_ema.pt     EMA generator state dict, written at the end (the bundle's weights)
     snapshots/generator_ema_<images>.pt   EMA generator kept every training.snapshot_kimg
+    snapshots/generator_ema_best.pt + best.json   the EMA generator with the highest val/dice so far
     config.json          the resolved configuration of the run
     samples/fakes_<kimg>.png   fixed-latent samples with their generated liver masks overlaid
     tensorboard/         TensorBoard scalars
@@ -180,6 +181,27 @@ def snapshot_path(run_dir: Path, images_seen: int) -> Path:
     return run_dir / "snapshots" / f"generator_ema_{images_seen:09d}.pt"
 
 
+BEST_SNAPSHOT = "generator_ema_best.pt"
+BEST_RECORD = "best.json"
+
+
+def keep_best_snapshot(run_dir: Path, G_ema: torch.nn.Module, scores: dict[str, float], images_seen: int) -> bool:
+    """Keep ``G_ema`` as ``snapshots/generator_ema_best.pt`` when its ``val/dice`` beats the best
+    recorded in ``snapshots/best.json`` (kept across resumes); True when it was kept. The label
+    head's quality swings between validations while the image side improves steadily (docs/training.md,
+    "The 0.4.0 run"), so the latest generator is not always the one to export."""
+    folder = run_dir / "snapshots"
+    record = folder / BEST_RECORD
+    best = json.loads(record.read_text()) if record.is_file() else None
+    if best is not None and float(best["val/dice"]) >= float(scores["val/dice"]):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    export_generator(G_ema, folder / BEST_SNAPSHOT)
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"images_seen": int(images_seen), **{k: float(v) for k, v in scores.items()}}))
+    return True
+
+
 def _scalars(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
@@ -268,7 +290,8 @@ class GanJob(Job):
             scores = validate_generator(self.trainer.G_ema, self.validation, t["validation"],
                                         self.config.get("inference"))
             self.observer.scalars(scores, after)
-            log.info("validation at %d images: %s", after, scores)
+            kept = keep_best_snapshot(self.run_dir, self.trainer.G_ema, scores, after)
+            log.info("validation at %d images: %s%s", after, scores, " (best so far: kept)" if kept else "")
 
     def finish(self, finished: bool) -> None:
         if self.info.is_main:

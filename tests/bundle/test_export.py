@@ -143,3 +143,28 @@ def test_an_encoder_exported_for_mr_is_used_for_mr_studies_only(gan_run, tmp_pat
 
     saved = model.save(tmp_path / "copy")
     assert [p.name for p in saved] == ["generator.pt", "encoder.pt", "encoder_mr.pt"]
+
+
+def test_a_kept_snapshot_exports_with_its_own_images_seen(gan_run, tmp_path):
+    import shutil
+
+    from medsemgan.training.run import build_networks, keep_best_snapshot
+
+    config, run = gan_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    G = build_networks(config)[0]  # other weights than the checkpoint's EMA generator
+    keep_best_snapshot(copy, G, {"val/dice": 0.4}, 8)
+    models = tmp_path / "models"
+    state = torch.load(export_generator(copy / "snapshots" / "generator_ema_best.pt", models, dtype="fp32"),
+                       weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in G.state_dict().items())
+    record = json.loads((models / PROVENANCE_NAME).read_text())["generator.pt"]
+    assert record["images_seen"] == 8 and record["source"].endswith("generator_ema_best.pt")
+    assert record["steps"] == 8 // config["training"]["batch_size"]
+    stray = tmp_path / "snapshots" / "generator_ema_000000008.pt"  # no run around it: nothing says what it is
+    stray.parent.mkdir()
+    torch.save(G.state_dict(), stray)
+    with pytest.raises(InputError, match="not a GAN run's kept snapshot"):
+        export_generator(stray, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_config
 
 from medsemgan.data.btcv import BTCV_DEV_PATIENTS, BTCV_POOL_PATIENTS
-from medsemgan.training.run import build_networks, train_gan
+from medsemgan.training.run import build_networks, keep_best_snapshot, train_gan
 from medsemgan.training.synthetic import synthetic_tensors
 from medsemgan.training.validation import (
     VALIDATION_DEFAULTS,
@@ -72,6 +72,30 @@ def test_train_gan_logs_validation_at_its_cadence(tmp_path):
     validated = [r["images_seen"] for r in rows if "val/dice" in r]
     assert validated == [16, 32]
     assert all(0.0 <= r["val/dice"] <= 1.0 for r in rows if "val/dice" in r)
+    best = json.loads((tmp_path / "snapshots" / "best.json").read_text())
+    scores = {r["images_seen"]: r["val/dice"] for r in rows if "val/dice" in r}
+    assert best["val/dice"] == pytest.approx(max(scores.values()))
+    assert scores[best["images_seen"]] == pytest.approx(best["val/dice"])
+    assert (tmp_path / "snapshots" / "generator_ema_best.pt").is_file()
+
+
+def test_the_best_snapshot_changes_only_when_val_dice_beats_the_record(tmp_path):
+    net = torch.nn.Linear(2, 2)
+
+    def kept_weight():
+        return torch.load(tmp_path / "snapshots" / "generator_ema_best.pt", weights_only=True)["weight"]
+
+    assert keep_best_snapshot(tmp_path, net, {"val/dice": 0.5, "val/recon_mse": 0.1}, 1000)
+    first = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    assert not keep_best_snapshot(tmp_path, net, {"val/dice": 0.3, "val/recon_mse": 0.1}, 2000)
+    assert torch.equal(kept_weight(), first)
+    assert not keep_best_snapshot(tmp_path, net, {"val/dice": 0.5, "val/recon_mse": 0.1}, 3000)  # a tie keeps the older
+    assert keep_best_snapshot(tmp_path, net, {"val/dice": 0.7, "val/recon_mse": 0.1}, 4000)
+    assert torch.equal(kept_weight(), net.weight.detach())
+    assert json.loads((tmp_path / "snapshots" / "best.json").read_text()) == {
+        "images_seen": 4000, "val/dice": 0.7, "val/recon_mse": 0.1}
 
 
 def test_unknown_validation_key_is_refused():
