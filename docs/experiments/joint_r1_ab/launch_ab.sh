@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16 A/B: the weaker R1 on the joint discriminator. Both arms continue the 0.4.0 run from its
-# checkpoint at 56,9xx images (copied into runs/r1ab_plain and runs/r1ab_joint1), one process x 1
+# checkpoint at 56,824 images (copied into runs/r1ab_plain and runs/r1ab_joint1), one process x 1
 # thread each, side by side, the same seed, to KIMG thousand images (default 67: +10k).
 #   launch_ab.sh plain cpu128
 #   launch_ab.sh joint1 /work/main/docs/experiments/joint_r1_ab/cpu128_joint_r1.yaml
