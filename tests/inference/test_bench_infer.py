@@ -63,3 +63,13 @@ def test_bench_infer_compares_one_full_batch_and_keeps_the_fastest_of_alternatin
     assert cost["seconds_smoothed"] == result["mr_seconds_optimized"] and cost["seconds_independent"] > 0
     assert cost["smooth_weight_independent"] == 0.0
     assert cost["cpu_ratio"] == round(cost["cpu_seconds_smoothed"] / cost["cpu_seconds_independent"], 3)
+
+
+def test_recorded_paths_are_relative_to_the_data_root_and_the_repository(tmp_path, monkeypatch):
+    from medsemgan.bench.infer import shown_path
+    from medsemgan.paths import REPO_DIR
+
+    monkeypatch.setenv("MEDSEMGAN_DATA", str(tmp_path))
+    assert shown_path(tmp_path / "mr" / "image_2.nii.gz") == "DATA/mr/image_2.nii.gz"
+    assert shown_path(REPO_DIR / "bundles" / "medsemgan_liver") == "bundles/medsemgan_liver"
+    assert shown_path("/elsewhere/x.nii.gz") == "/elsewhere/x.nii.gz"
