@@ -126,3 +126,25 @@ def runs_dir() -> Path:
 def default_run_dir(name: str) -> Path:
     """``runs_dir() / name``: where ``medsemgan train ...`` writes when ``--out`` is not given."""
     return runs_dir() / name
+
+
+def portable_path(path: str | os.PathLike, under: tuple[Path, ...] = (), *, tail: bool = False) -> str:
+    """``path`` as a record that travels to other machines shows it (committed benchmark records,
+    a bundle's provenance, a U-Net sidecar must not name this machine's folders).
+
+    Relative to the first of ``under`` that holds it, else ``DATA/...`` under :func:`data_root`, else
+    relative to the repository (a relative ``path`` is taken from the working folder). Otherwise as
+    given, or with ``tail`` an absolute path's last two parts (``gan_1/checkpoint.pt``).
+    """
+    text = os.fspath(path)
+    resolved = Path(text).resolve()
+    root = data_root()
+    bases = [(Path(base), "") for base in under]
+    bases += [(root, "DATA/")] if root is not None else []
+    bases.append((REPO_DIR, ""))
+    for base, prefix in bases:
+        try:
+            return prefix + resolved.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return Path(*Path(text).parts[-2:]).as_posix() if tail and os.path.isabs(text) else text

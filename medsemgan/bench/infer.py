@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from medsemgan.machine import cpu_model
+from medsemgan.paths import portable_path
 from medsemgan.errors import InputError
 from medsemgan.runtime import restores_torch_threads
 
@@ -45,30 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-ct", action="store_true", help="measure the MRI volume only")
 
 
-def shown_path(path: str | os.PathLike) -> str:
-    """A path as the recorded JSON shows it: ``DATA/...`` under the data root, relative under the
-    repository, else unchanged (committed benchmark records must not carry this machine's paths)."""
-    from medsemgan.paths import REPO_DIR, data_root
-
-    path = Path(path)
-    root = data_root()
-    for base, prefix in ((root, "DATA/"), (REPO_DIR, "")):
-        if base is None:
-            continue
-        try:
-            return prefix + path.resolve().relative_to(Path(base).resolve()).as_posix()
-        except ValueError:
-            continue
-    return str(path)
-
-
 def _model(args):
     from medsemgan.inference.model import DEFAULT_CONFIG, SegmentationModel
     from medsemgan.paths import DEFAULT_BUNDLE_DIR
 
     bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE_DIR
     try:
-        return SegmentationModel.from_bundle(bundle, args.config), f"trained weights from {shown_path(bundle)}"
+        return SegmentationModel.from_bundle(bundle, args.config), f"trained weights from {portable_path(bundle)}"
     except InputError as err:
         if args.bundle:  # asked for this bundle explicitly: its problem is the answer
             raise
@@ -180,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     result: dict = {
         "model": which,
-        "config": shown_path(model.config.source),
+        "config": portable_path(model.config.source),
         "steps": options.steps,
         "tto": {k: v for k, v in vars(options).items() if k != "seed"},
         "tto_modality_overrides": model.config.inference.get("modality_overrides") or {},
@@ -197,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
             continue
         encoder_only = _volume_seconds(path, model, 0, args.batch_size)
         optimised = _volume_seconds(path, model, options.steps, args.batch_size)
-        result[f"{key}_volume"] = shown_path(path)
+        result[f"{key}_volume"] = portable_path(path)
         result[f"{key}_slices"] = optimised["slices"]
         result[f"{key}_seconds_encoder_only"] = encoder_only["seconds"]
         result[f"{key}_seconds_optimized"] = optimised["seconds"]

@@ -29,7 +29,6 @@ import datetime
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path, file_sha256
+from medsemgan.paths import portable_path
 from medsemgan.weights import cast_state_dict, is_state_dict, read_weights, save_state_dict
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,15 @@ def cast_error(model_config: dict, state: dict[str, torch.Tensor], dtype: str | 
 
 def _snapshot_images_seen(path: Path) -> int:
     """Images seen by a kept snapshot: ``best.json`` beside the best one, else the file name."""
-    from medsemgan.training.run import BEST_RECORD, BEST_SNAPSHOT
+    from medsemgan.training.run import BEST_RECORD, BEST_SNAPSHOT, snapshot_images_seen
 
     if path.name == BEST_SNAPSHOT and (path.parent / BEST_RECORD).is_file():
         return int(json.loads((path.parent / BEST_RECORD).read_text())["images_seen"])
-    digits = re.search(r"(\d+)\.pt$", path.name)
-    if digits is None:
+    seen = snapshot_images_seen(path)
+    if seen is None:
         raise InputError(path, "is a generator state dict, but how many images it has seen is unknown "
                                "(expected a run's snapshots/generator_ema_<images>.pt or generator_ema_best.pt)")
-    return int(digits.group(1))
+    return seen
 
 
 def _snapshot_as_checkpoint(path: Path) -> dict[str, Any]:
@@ -152,23 +152,6 @@ def _encoder_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return state, info
 
 
-def portable_path(text: str, bundle: Path) -> str:
-    """An absolute path of this machine as a path a reader elsewhere can use: relative to the
-    bundle (``models/generator.pt``), else to the repository, else to the working folder, else its
-    last two parts (``gan_run/checkpoint.pt``). Relative paths are returned unchanged."""
-    from medsemgan.paths import REPO_DIR
-
-    path = Path(text)
-    if not path.is_absolute():
-        return text
-    for base in (bundle, REPO_DIR, Path.cwd()):
-        try:
-            return path.resolve().relative_to(Path(base).resolve()).as_posix()
-        except ValueError:
-            continue
-    return Path(*path.parts[-2:]).as_posix()
-
-
 def portable(value: Any, bundle: Path) -> Any:
     """``value`` with every absolute path in its strings made portable (``portable_path``):
     provenance.json travels with the bundle and must not name the exporting machine's folders."""
@@ -177,7 +160,8 @@ def portable(value: Any, bundle: Path) -> Any:
     if isinstance(value, (list, tuple)):
         return [portable(v, bundle) for v in value]
     if isinstance(value, str) and os.sep in value:
-        return " ".join(portable_path(word, bundle) if os.path.isabs(word) else word for word in value.split(" "))
+        return " ".join(portable_path(word, (bundle, Path.cwd()), tail=True) if os.path.isabs(word) else word
+                        for word in value.split(" "))
     return value
 
 

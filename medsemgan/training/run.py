@@ -176,9 +176,21 @@ def restore(trainer: GanTrainer, run_dir: Path) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
+SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "generator_ema_", ".pt"
+
+
 def snapshot_path(run_dir: Path, images_seen: int) -> Path:
     """A kept EMA-generator snapshot, named by images seen so that names sort by age."""
-    return run_dir / "snapshots" / f"generator_ema_{images_seen:09d}.pt"
+    return run_dir / "snapshots" / f"{SNAPSHOT_PREFIX}{images_seen:09d}{SNAPSHOT_SUFFIX}"
+
+
+def snapshot_images_seen(path: Path) -> int | None:
+    """The images seen that :func:`snapshot_path` wrote into ``path``'s name; None for another name."""
+    name = Path(path).name
+    count = name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)]
+    if not (name.startswith(SNAPSHOT_PREFIX) and name.endswith(SNAPSHOT_SUFFIX) and count.isdigit()):
+        return None
+    return int(count)
 
 
 BEST_SNAPSHOT = "generator_ema_best.pt"

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from medsemgan.paths import default_run_dir
+from medsemgan.paths import default_run_dir, portable_path
 from medsemgan.config_files import config_path
 from medsemgan.errors import InputError
 from medsemgan.io_utils import atomic_path, write_json
@@ -305,22 +305,9 @@ def sidecar(config: dict, data_info: dict, trainer: UNetTrainer, final_loss: flo
         "iterations": trainer.step_index,
         "train_seconds": round(trainer.seconds, 1),
         "final_loss": final_loss,
-        "config_source": portable_path(config.get("_source")),
+        "config_source": portable_path(config["_source"]) if config.get("_source") else None,
         "weights_dtype": config["training"]["export_dtype"],
     }
-
-
-def portable_path(path: str | None) -> str | None:
-    """A path as the sidecar records it: relative to the repository when inside it (a committed
-    sidecar must not carry this machine's absolute paths), else as given."""
-    if path is None:
-        return None
-    from medsemgan.paths import REPO_DIR
-
-    try:
-        return str(Path(path).resolve().relative_to(REPO_DIR))
-    except ValueError:
-        return str(path)
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -162,6 +162,10 @@ def test_a_kept_snapshot_exports_with_its_own_images_seen(gan_run, tmp_path):
     record = json.loads((models / PROVENANCE_NAME).read_text())["generator.pt"]
     assert record["images_seen"] == 8 and record["source"].endswith("generator_ema_best.pt")
     assert record["steps"] == 8 // config["training"]["batch_size"]
+    numbered = copy / "snapshots" / "generator_ema_000000016.pt"  # the name snapshot_path gives 16 images
+    torch.save(G.state_dict(), numbered)
+    export_generator(numbered, tmp_path / "numbered", dtype="fp32")
+    assert json.loads((tmp_path / "numbered" / PROVENANCE_NAME).read_text())["generator.pt"]["images_seen"] == 16
     stray = tmp_path / "snapshots" / "generator_ema_000000008.pt"  # no run around it: nothing says what it is
     stray.parent.mkdir()
     torch.save(G.state_dict(), stray)

@@ -65,11 +65,18 @@ def test_bench_infer_compares_one_full_batch_and_keeps_the_fastest_of_alternatin
     assert cost["cpu_ratio"] == round(cost["cpu_seconds_smoothed"] / cost["cpu_seconds_independent"], 3)
 
 
-def test_recorded_paths_are_relative_to_the_data_root_and_the_repository(tmp_path, monkeypatch):
-    from medsemgan.bench.infer import shown_path
-    from medsemgan.paths import REPO_DIR
-
-    monkeypatch.setenv("MEDSEMGAN_DATA", str(tmp_path))
-    assert shown_path(tmp_path / "mr" / "image_2.nii.gz") == "DATA/mr/image_2.nii.gz"
-    assert shown_path(REPO_DIR / "bundles" / "medsemgan_liver") == "bundles/medsemgan_liver"
-    assert shown_path("/elsewhere/x.nii.gz") == "/elsewhere/x.nii.gz"
+def test_bench_infer_records_the_volume_under_the_data_root_as_data(tmp_path, capsys, monkeypatch):
+    """A committed benchmark record must not name this machine's folders."""
+    torch.manual_seed(0)
+    SegmentationModel.build(TINY).save(tmp_path / "bundle")
+    (tmp_path / "bundle" / "configs").mkdir()
+    (tmp_path / "bundle" / "configs" / "model.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "data" / "mr").mkdir(parents=True)
+    volume = np.full((30, 30, 3), 0.0, np.float32)
+    volume[4:26, 4:26] = 300.0
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "data" / "mr" / "image_2.nii.gz")
+    monkeypatch.setenv("MEDSEMGAN_DATA", str(tmp_path / "data"))
+    assert main(["bench", "infer", "--bundle", str(tmp_path / "bundle"), "--skip-ct", "--speedup-slices", "1",
+                 "--mr", str(tmp_path / "data" / "mr" / "image_2.nii.gz"), "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mr_volume"] == "DATA/mr/image_2.nii.gz"

@@ -164,9 +164,16 @@ def test_modality_augment_is_validated_and_reaches_the_training_batch():
 
 def test_sidecar_paths_are_portable():
     """A committed sidecar must not carry the exporting machine's absolute paths."""
-    from medsemgan.paths import REPO_DIR
-    from medsemgan.training.unet import portable_path
+    from types import SimpleNamespace
 
-    assert portable_path(str(REPO_DIR / "medsemgan" / "configs" / "unet_cpu.yaml")) == "medsemgan/configs/unet_cpu.yaml"
-    assert portable_path("/elsewhere/my.yaml") == "/elsewhere/my.yaml"
-    assert portable_path(None) is None
+    from medsemgan.paths import REPO_DIR
+    from medsemgan.training.unet import sidecar
+
+    config = {"model": {"channels": [8, 16]}, "data": {"resolution": 64},
+              "training": {"export_dtype": "float16", "progress": True},
+              "_source": str(REPO_DIR / "medsemgan" / "configs" / "unet_cpu.yaml")}
+    trainer = SimpleNamespace(step_index=3, seconds=1.0)
+    record = sidecar(config, {}, trainer, None)
+    assert record["config_source"] == "medsemgan/configs/unet_cpu.yaml"
+    assert "progress" not in record["training"]
+    assert sidecar({**config, "_source": None}, {}, trainer, None)["config_source"] is None

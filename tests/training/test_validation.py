@@ -98,6 +98,15 @@ def test_the_best_snapshot_changes_only_when_val_dice_beats_the_record(tmp_path)
         "images_seen": 4000, "val/dice": 0.7, "val/recon_mse": 0.1}
 
 
+def test_a_snapshot_name_gives_back_its_images_seen(tmp_path):
+    from medsemgan.training.run import BEST_SNAPSHOT, snapshot_images_seen, snapshot_path
+
+    assert snapshot_images_seen(snapshot_path(tmp_path, 65_000)) == 65_000
+    assert snapshot_images_seen(snapshot_path(tmp_path, 1_234_567_890)) == 1_234_567_890  # wider than the padding
+    for other in (BEST_SNAPSHOT, "generator_ema_12.pth", "encoder_000001000.pt", "generator_ema_.pt"):
+        assert snapshot_images_seen(tmp_path / other) is None
+
+
 def test_unknown_validation_key_is_refused():
     from medsemgan.errors import InputError
 
