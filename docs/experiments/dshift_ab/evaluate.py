@@ -77,15 +77,22 @@ def load_generator(source: Path, model_config: dict) -> torch.nn.Module:
     return G.eval()
 
 
-def project(G: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, inference: dict, **objective) -> float:
+def invert_from_mean(G: torch.nn.Module, images: torch.Tensor, inference: dict, **objective):
+    """Each slice inverted from the mean latent (``STEPS`` steps): its w+ and its label (logit > 0)."""
     section = dict(inference) | objective | {"steps": STEPS, "early_stop_patience": 0, "optimize_noise": False}
     options = TTOOptions.from_config(section)
     w_avg = G.mapping.w_avg.detach().float()
-    preds = []
+    ws, preds = [], []
     for chunk in images.split(16):
-        ws = w_avg[None, None].expand(chunk.shape[0], G.num_ws, -1).clone()
-        preds.append((invert(G, None, chunk, options, ws_init=ws).label_logits[:, :1] > 0).float())
-    return pooled_dice(torch.cat(preds), masks)
+        start = w_avg[None, None].expand(chunk.shape[0], G.num_ws, -1).clone()
+        result = invert(G, None, chunk, options, ws_init=start)
+        ws.append(result.ws.detach())
+        preds.append((result.label_logits[:, :1] > 0).float())
+    return torch.cat(ws), torch.cat(preds)
+
+
+def project(G: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, inference: dict, **objective) -> float:
+    return pooled_dice(invert_from_mean(G, images, inference, **objective)[1], masks)
 
 
 def shifted_copies(images: torch.Tensor) -> list[torch.Tensor]:

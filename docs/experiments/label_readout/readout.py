@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "dshift_ab"))
-from evaluate import STEPS, evidence_slices, load_generator, shifted_copies  # noqa: E402
+from evaluate import evidence_slices, invert_from_mean, load_generator, shifted_copies  # noqa: E402
 
 from medsemgan.data.slices import training_tensors  # noqa: E402
-from medsemgan.inference.tto import TTOOptions, invert  # noqa: E402
 from medsemgan.models.generator import LABEL_ONLY, parameters_by_role  # noqa: E402
 from medsemgan.paths import cache_dir, data_root  # noqa: E402
 from medsemgan.training.config import load_config  # noqa: E402
@@ -46,24 +45,12 @@ CT_OBJECTIVE = {"perceptual": "ms_ssim", "mse_weight": 0.1}
 MR_OBJECTIVE = {"perceptual": "lncc", "mse_weight": 0.0}
 
 
-def solve(G, images: torch.Tensor, inference: dict, objective: dict) -> torch.Tensor:
-    """w+ of each slice, projected from the mean latent as the evidence protocol does."""
-    section = dict(inference) | objective | {"steps": STEPS, "early_stop_patience": 0, "optimize_noise": False}
-    options = TTOOptions.from_config(section)
-    w_avg = G.mapping.w_avg.detach().float()
-    found = []
-    for chunk in images.split(16):
-        ws = w_avg[None, None].expand(chunk.shape[0], G.num_ws, -1).clone()
-        found.append(invert(G, None, chunk, options, ws_init=ws).ws.detach())
-    return torch.cat(found)
-
-
 def cached_ws(G, source: Path, name: str, images: torch.Tensor, inference: dict, objective: dict) -> torch.Tensor:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     path = cache_dir() / "label_readout" / f"{digest}_{name}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    ws = solve(G, images, inference, objective)
+    ws = invert_from_mean(G, images, inference, **objective)[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ws, path)
     return ws
