@@ -1,4 +1,4 @@
-"""``medsemgan train gan --config cpu128|FILE [--out DIR] [--resume] [--kimg N] [--labeled N]``."""
+"""``medsemgan train gan --config cpu128|FILE [--out DIR] [--resume] [--init-from RUN] [--kimg N] [--labeled N]``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run directory (default: <MEDSEMGAN_RUNS or ~/.cache/medsemgan/runs>/gan_<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="start from another run's checkpoint: networks whose model: subsection is unchanged "
+                             "are carried with their optimiser, the others start fresh (e.g. a wider joint "
+                             "discriminator); images seen continue. With --resume: only until this run has its own checkpoint")
     parser.add_argument("--kimg", type=float, default=None, help="train until this many thousand images (overrides training.kimg)")
     parser.add_argument("--labeled", default=None, metavar="N|slices:N|volumes:K|all",
                         help="labeled data for the joint discriminator, in the paper's terms: N slices, "
@@ -72,10 +76,10 @@ def worker_arguments(args: argparse.Namespace, out: Path, layout) -> list[str]:
              "--processes", str(layout.processes)]
     if layout.threads is not None:
         words += ["--threads", str(layout.threads)]
-    for name in ("kimg", "labeled", "batch", "device", "data", "label"):
+    for name in ("kimg", "labeled", "batch", "device", "data", "label", "init_from"):
         value = getattr(args, name, None)
         if value is not None:
-            words += [f"--{name}", str(value)]
+            words += [f"--{name.replace('_', '-')}", str(value)]
     if args.resume:
         words.append("--resume")
     if args.no_fast:
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(f"gan_{config['model'].get('name') or 'custom'}")
     if needs_launch(layout):
         return launch(layout, worker_arguments(args, out.resolve(), layout))
-    summary = train_gan(config, out, resume=args.resume)
+    summary = train_gan(config, out, resume=args.resume, init_from=getattr(args, "init_from", None))
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per torchrun worker
         print_summary(summary)
     # A run stopped by a signal exits like one (128 + signal number) after its checkpoint.

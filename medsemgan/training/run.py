@@ -173,6 +173,51 @@ def restore(trainer: GanTrainer, run_dir: Path) -> None:
         seed_everything(rank_seed(int(trainer.t["seed"]) + trainer.step_index, trainer.info.rank))
 
 
+# Which trainer state belongs to which model: section; a network is carried with its optimiser.
+WARM_START_PARTS = {
+    "generator": ("G", "G_ema", "opt_G"),
+    "image_discriminator": ("D_image", "opt_D_image"),
+    "joint_discriminator": ("D_joint", "opt_D_joint"),
+}
+WARM_START_RECORD = "init_from.json"
+
+
+def warm_start(trainer: GanTrainer, source_run: Path) -> dict[str, Any]:
+    """Start a new run from another run's checkpoint, carrying each network whose ``model:``
+    subsection is unchanged (with its optimiser state) and building the others fresh: e.g. a wider
+    joint discriminator under a generator that has already seen 65k images. The images-seen count
+    continues, so ``kimg`` stays a total. Returns what was carried, for ``init_from.json``."""
+    from medsemgan.paths import portable_path
+
+    if source_run.name == checkpoint_path(source_run.parent).name and source_run.is_file():
+        source_run = source_run.parent  # the checkpoint file itself was named
+    source = checkpoint_path(source_run)
+    if not source.is_file():
+        raise InputError(source_run, "has no GAN checkpoint to start from (--init-from takes a run folder "
+                                     "with checkpoint.pt)")
+    state = load_checkpoint(source, map_location="cpu")
+    theirs = json.loads(state["config"]).get("model") or {}
+    ours = trainer.config["model"]
+    shared = sorted((set(theirs) | set(ours)) - set(WARM_START_PARTS) - {"name"})
+    differing = [k for k in shared if theirs.get(k) != ours.get(k)]
+    if differing:
+        raise InputError(source, f"its model differs in {', '.join(differing)}; --init-from carries networks "
+                                 "between runs that share resolution and channels")
+    carried = [part for part in WARM_START_PARTS if theirs.get(part) == ours.get(part)]
+    if "generator" not in carried:
+        raise InputError(source, "its generator: section differs from this configuration's; --init-from carries "
+                                 "the generator (change a discriminator, or start a new run without it)")
+    for part in carried:
+        for key in WARM_START_PARTS[part]:
+            getattr(trainer, key).load_state_dict(state[key])
+    trainer.pl_mean.copy_(state["pl_mean"].to(trainer.device))
+    trainer.images_seen = int(state["images_seen"])
+    trainer.step_index = trainer.images_seen // trainer.global_batch
+    seed_everything(rank_seed(int(trainer.t["seed"]) + trainer.step_index, trainer.info.rank))
+    return {"run": portable_path(source_run, tail=True), "images_seen": trainer.images_seen,
+            "carried": carried, "fresh": [part for part in WARM_START_PARTS if part not in carried]}
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -224,7 +269,7 @@ class GanJob(Job):
 
     def __init__(self, config: dict, run_dir: Path, resume: bool, info: DistInfo, *,
                  tensors: dict[str, torch.Tensor] | None, validation: dict[str, torch.Tensor] | None,
-                 max_steps: int | None):
+                 max_steps: int | None, init_from: Path | None = None):
         self.run_dir, self.info = run_dir, info
         config = resolve_probes(config, info.device, info.is_main, info.distributed)
         G, D_image, D_joint = build_networks(config)
@@ -237,11 +282,19 @@ class GanJob(Job):
         self.config = config
         self.trainer = trainer = GanTrainer(config, (G, D_image, D_joint), tensors, info)
         seed_everything(rank_seed(int(config["training"]["seed"]), info.rank))
-        if resume:
-            restore(trainer, run_dir)
+        warm = None
+        if resume and (init_from is None or checkpoint_path(run_dir).exists()):
+            restore(trainer, run_dir)  # a warm-started run resumes from its own checkpoint
+        elif init_from is not None:
+            warm = warm_start(trainer, Path(init_from))
+            log.info("warm start from %s at %d images: carried %s, fresh %s", warm["run"], warm["images_seen"],
+                     warm["carried"], warm["fresh"])
         self.t = t = trainer.t
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            if warm is not None:
+                with atomic_path(run_dir / WARM_START_RECORD) as tmp:
+                    tmp.write_text(json.dumps(warm, indent=2) + "\n")
             with atomic_path(run_dir / "config.json") as tmp:
                 tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
         self.total_steps = trainer.total_steps()
@@ -339,6 +392,7 @@ def train_gan(
     stop: StopRequest | None = None,
     max_steps: int | None = None,
     validation: dict[str, torch.Tensor] | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or continue training) the joint GAN described by ``config`` into ``out_dir``.
 
@@ -348,6 +402,8 @@ def train_gan(
     ``max_steps``: stop after this many iterations of *this* call (checkpointed; tests, benches).
     ``validation``: ``{"image", "mask"}`` slices for ``val/dice`` instead of the BTCV pool's
     (tests); with ``data.source: ct`` they are built from the catalogue.
+    ``init_from``: another run folder whose checkpoint starts this one (:func:`warm_start`); with
+    ``resume`` it is used only while ``out_dir`` has no checkpoint of its own.
     ``training.threads`` sets torch's thread count for the run; the caller's is restored.
     Returns a summary (steps, images seen, seconds per kimg, paths).
     """
@@ -358,7 +414,8 @@ def train_gan(
     with training_run(run_dir, resume, config["training"]["threads"]):
         info = init_distributed(str(config["training"]["device"]))
         try:
-            job = GanJob(config, run_dir, resume, info, tensors=tensors, validation=validation, max_steps=max_steps)
+            job = GanJob(config, run_dir, resume, info, tensors=tensors, validation=validation, max_steps=max_steps,
+                         init_from=Path(init_from) if init_from is not None else None)
             return drive(job, stop, max_steps)
         finally:
             shutdown(info)

@@ -162,3 +162,53 @@ def test_resume_refuses_a_different_model(tmp_path):
                                                               "channel_base": 256, "channel_max": 32}})
     with pytest.raises(InputError, match="different model"):
         train_gan(other, tmp_path, resume=True)
+
+
+WIDER_JOINT_D = {"joint_discriminator": {"num_scales": 2, "base_channels": 16, "n_layers": 1, "channel_max": 32}}
+
+
+def test_init_from_carries_unchanged_networks_and_builds_the_changed_one_fresh(tmp_path):
+    import json
+
+    source = train_gan(tiny_config({"kimg": 0.012}), tmp_path / "source")  # 3 iterations, 12 images
+    before = load_checkpoint(tmp_path / "source" / "checkpoint.pt")
+    wider = tiny_config({"kimg": 0.012}, model=WIDER_JOINT_D)
+    started = train_gan(wider, tmp_path / "wide", init_from=tmp_path / "source", max_steps=0)
+    trainer = started["trainer"]
+    assert trainer.images_seen == source["images_seen"] == 12 and trainer.step_index == 3
+    for key in ("G", "G_ema", "D_image"):
+        ours = getattr(trainer, key).state_dict()
+        assert all(torch.equal(ours[k], v) for k, v in before[key].items()), key
+    assert trainer.opt_G.state_dict()["state"][0]["step"] == before["opt_G"]["state"][0]["step"]
+    assert trainer.D_joint.state_dict().keys() != before["D_joint"].keys() or any(
+        v.shape != before["D_joint"][k].shape for k, v in trainer.D_joint.state_dict().items())
+    assert trainer.opt_D_joint.state_dict()["state"] == {}  # a fresh optimiser for the fresh network
+    record = json.loads((tmp_path / "wide" / "init_from.json").read_text())
+    assert record["carried"] == ["generator", "image_discriminator"] and record["fresh"] == ["joint_discriminator"]
+    assert record["images_seen"] == 12 and not Path(record["run"]).is_absolute()
+
+
+def test_init_from_then_resume_continues_the_new_run(tmp_path):
+    train_gan(tiny_config({"kimg": 0.008}), tmp_path / "source")  # 8 images
+    wider = tiny_config({"kimg": 0.024}, model=WIDER_JOINT_D)
+    part = train_gan(wider, tmp_path / "wide", init_from=tmp_path / "source", max_steps=2, resume=True)
+    assert part["images_seen"] == 16 and not part["finished"]
+    own = load_checkpoint(tmp_path / "wide" / "checkpoint.pt")
+    # with a checkpoint of its own, --resume --init-from resumes it and leaves the source alone
+    done = train_gan(wider, tmp_path / "wide", init_from=tmp_path / "source", resume=True)
+    assert done["finished"] and done["images_seen"] == 24 and own["images_seen"] == 16
+    with pytest.raises(InputError, match="--resume"):  # a run folder with a checkpoint is never overwritten
+        train_gan(wider, tmp_path / "wide", init_from=tmp_path / "source")
+
+
+def test_init_from_refuses_another_generator_or_resolution_and_a_folder_without_checkpoint(tmp_path):
+    train_gan(tiny_config({"kimg": 0.004}), tmp_path / "source")
+    other_g = tiny_config({"kimg": 0.008}, model={"generator": {"z_dim": 8, "w_dim": 16, "mapping_layers": 2,
+                                                                "channel_base": 256, "channel_max": 32}})
+    with pytest.raises(InputError, match="generator: section differs"):
+        train_gan(other_g, tmp_path / "a", init_from=tmp_path / "source")
+    with pytest.raises(InputError, match="differs in resolution"):
+        train_gan(tiny_config({"kimg": 0.008}, model={"resolution": 32}), tmp_path / "b", init_from=tmp_path / "source")
+    with pytest.raises(InputError, match="no GAN checkpoint"):
+        train_gan(tiny_config({"kimg": 0.008}), tmp_path / "c", init_from=tmp_path / "empty")
+    assert not (tmp_path / "a" / "checkpoint.pt").exists() and not (tmp_path / "c").exists()

@@ -36,16 +36,18 @@ def test_launch_only_outside_torchrun(monkeypatch):
 def test_workers_get_every_override_and_the_resolved_run_folder(tmp_path):
     parser = argparse.ArgumentParser()
     cli_gan.add_arguments(parser)
-    args = parser.parse_args(["--config", "cpu128", "--kimg", "3", "--labeled", "8", "--resume", "--no-fast"])
+    args = parser.parse_args(["--config", "cpu128", "--kimg", "3", "--labeled", "8", "--resume", "--no-fast",
+                              "--init-from", str(tmp_path / "source")])
     words = cli_gan.worker_arguments(args, tmp_path / "run", Layout(2, 1))
     assert words[:2] == ["train", "gan"]
     joined = " ".join(words)
     for part in ("--config cpu128", f"--out {tmp_path / 'run'}", "--processes 2", "--threads 1",
-                 "--kimg 3.0", "--labeled 8", "--resume", "--no-fast"):
+                 "--kimg 3.0", "--labeled 8", "--resume", "--no-fast", f"--init-from {tmp_path / 'source'}"):
         assert part in joined
     assert "--batch" not in words  # not given: the config decides
     reparsed = parser.parse_args(words[2:])
     assert reparsed.processes == "2" and reparsed.threads == 1 and reparsed.resume
+    assert reparsed.init_from == str(tmp_path / "source")
 
 
 @pytest.mark.slow
