@@ -4,8 +4,11 @@ CPU s/kimg of one GAN training step (the run's fast path) for cpu128 as shipped,
 the channels in all three networks, and cpu128 at 256 px (same channel_base, so the added 256-px
 block has half the 128-px block's channels), interleaved in one process on one thread with
 synthetic slices (the step cost does not depend on the pixels), ``ITERATIONS`` timed steps each.
+Other variants by name: ``joint_d_x2`` (the joint discriminator alone at twice the channels, 64-256)
+and ``joint_d_paper`` (the paper's 64-512), the architectures a warm start (``train gan
+--init-from``) can put under the 0.4.0 run's generator.
 
-    OMP_WAIT_POLICY=passive python docs/experiments/train_sizes.py [ITERATIONS]
+    OMP_WAIT_POLICY=passive python docs/experiments/train_sizes.py [ITERATIONS] [VARIANT ...]
 """
 import copy
 import sys
@@ -31,6 +34,12 @@ def sized(base: dict, name: str) -> dict:
         model["joint_discriminator"]["channel_max"] *= 2
     elif name == "256px":
         model["resolution"] = 256
+    elif name == "joint_d_x2":
+        model["joint_discriminator"].update(base_channels=64, channel_max=256)
+    elif name == "joint_d_paper":
+        model["joint_discriminator"].update(base_channels=64, channel_max=512)
+    elif name != "cpu128":
+        raise SystemExit(f"unknown variant {name}")
     return config
 
 
@@ -40,12 +49,13 @@ def parameters(trainer) -> int:
 
 if __name__ == "__main__":
     iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    variants = ["cpu128"] + [v for v in (sys.argv[2:] or ["wide", "256px"]) if v != "cpu128"]
     keep_freed_memory()
     torch.set_num_threads(1)
     base = load_config("cpu128")
     base["training"]["device"] = "cpu"
     trainers = {}
-    for name in ("cpu128", "wide", "256px"):
+    for name in variants:
         config = _variant_config(sized(base, name), fast=True)
         seed_everything(0)
         nets = build_networks(config)
