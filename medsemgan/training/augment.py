@@ -43,6 +43,11 @@ class AugmentConfig:
     # keys of ModalityAugmentConfig; p = 0 is off): what both discriminators see then varies in
     # contrast, so the generator is pushed to organise its latents by anatomy, not CT grey values.
     modality_shift: ModalityAugmentConfig = field(default_factory=ModalityAugmentConfig)
+    # The same shift on the image half of the joint discriminator's (image, mask) pairs only, reals
+    # and fakes alike: with one labeled patient the joint discriminator otherwise learns that
+    # patient's grey values as "real" and stops judging the mask on other patients (training.md,
+    # "The 0.4.0 run"), while the image discriminator keeps teaching plain CT.
+    joint_modality_shift: ModalityAugmentConfig = field(default_factory=ModalityAugmentConfig)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AugmentConfig":
@@ -51,8 +56,9 @@ class AugmentConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown augment keys {unknown}; known: {sorted(known)}")
-        if not isinstance(values.get("modality_shift", ModalityAugmentConfig()), ModalityAugmentConfig):
-            values["modality_shift"] = ModalityAugmentConfig.from_dict(values["modality_shift"])
+        for key in ("modality_shift", "joint_modality_shift"):
+            if not isinstance(values.get(key, ModalityAugmentConfig()), ModalityAugmentConfig):
+                values[key] = ModalityAugmentConfig.from_dict(values[key])
         return cls(**values)
 
 
@@ -121,7 +127,8 @@ def intensity(image: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 def augment_pair(
     image: torch.Tensor, mask: torch.Tensor | None, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augment ``image`` [N,1,S,S] (and ``mask`` [N,L,S,S] in [-1, 1], same geometry) differentiably."""
+    """Augment ``image`` [N,1,S,S] (and ``mask`` [N,L,S,S] in [-1, 1], same geometry) differentiably.
+    A pair (``mask`` given: what the joint discriminator sees) also gets ``joint_modality_shift``."""
     if not cfg.enabled:
         return image, mask
     n, _, h, w = image.shape
@@ -140,4 +147,6 @@ def augment_pair(
             mask = (mask + 1) * keep.to(mask.dtype) - 1
     image = intensity(image, cfg)
     image = modality_shift(image, cfg.modality_shift)
+    if mask is not None:
+        image = modality_shift(image, cfg.joint_modality_shift)
     return image, mask

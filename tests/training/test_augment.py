@@ -104,3 +104,56 @@ def test_modality_shift_keys_are_checked():
         AugmentConfig.from_dict({"modality_shift": {"p": 2.0}})
     with pytest.raises(ValueError, match="unknown modality_augment keys"):
         AugmentConfig.from_dict({"modality_shift": {"strength": 1}})
+
+
+def test_joint_modality_shift_touches_pairs_only():
+    """The joint discriminator's pairs are shifted; the image discriminator's plain images are not."""
+    geometry_only = {"p": 1.0, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "cutout": 0.0}
+    joint_cfg = AugmentConfig.from_dict({**geometry_only, "joint_modality_shift": {"p": 1.0}})
+    plain_cfg = AugmentConfig.from_dict(geometry_only)
+    assert not joint_cfg.modality_shift.enabled and joint_cfg.joint_modality_shift.enabled
+    base = torch.linspace(-1, 1, 32 * 32).view(1, 1, 32, 32).repeat(3, 1, 1, 1)
+    mask = (base > 0).float() * 2 - 1
+    torch.manual_seed(7)
+    alone, _ = augment_pair(base, None, joint_cfg)
+    torch.manual_seed(7)
+    reference, _ = augment_pair(base, None, plain_cfg)
+    assert torch.equal(alone, reference)  # no mask: the image discriminator's input, untouched
+    torch.manual_seed(7)
+    pair_image, pair_mask = augment_pair(base, mask, joint_cfg)
+    torch.manual_seed(7)
+    ref_image, ref_mask = augment_pair(base, mask, plain_cfg)
+    assert torch.equal(pair_mask, ref_mask) and not torch.allclose(pair_image, ref_image)
+    with pytest.raises(ValueError, match="modality_augment"):
+        AugmentConfig.from_dict({"joint_modality_shift": {"p": 2.0}})
+
+
+def test_the_trainer_shifts_what_the_joint_discriminator_sees_and_not_what_the_image_one_sees(monkeypatch, tmp_path):
+    """In a real (tiny) training run, every joint-discriminator input comes out of augment_pair
+    remapped by the joint shift, and every image-discriminator input comes out as without it."""
+    import dataclasses
+
+    from helpers import tiny_config
+
+    from medsemgan.training import gan as gan_module
+    from medsemgan.training.run import train_gan
+
+    changed = {"pair": [], "image": []}
+    real_augment_pair = gan_module.augment_pair
+
+    def spy(image, mask, cfg):
+        state = torch.get_rng_state()
+        out = real_augment_pair(image, mask, cfg)
+        after = torch.get_rng_state()
+        torch.set_rng_state(state)
+        off = dataclasses.replace(cfg, joint_modality_shift=dataclasses.replace(cfg.joint_modality_shift, p=0.0))
+        without = real_augment_pair(image.detach(), None if mask is None else mask.detach(), off)
+        torch.set_rng_state(after)
+        changed["image" if mask is None else "pair"].append(not torch.allclose(out[0].detach(), without[0]))
+        return out
+
+    monkeypatch.setattr(gan_module, "augment_pair", spy)
+    config = tiny_config({"kimg": 0.008, "augment": {"p": 0.5, "joint_modality_shift": {"p": 1.0}}})
+    assert train_gan(config, tmp_path / "run")["steps"] == 2
+    assert changed["pair"] and all(changed["pair"])  # the joint D saw remapped grey values every time
+    assert changed["image"] and not any(changed["image"])  # the image D never did
