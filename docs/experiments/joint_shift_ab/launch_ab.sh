@@ -5,16 +5,9 @@
 # runs/jshift_c. One process x 1 thread each, side by side, to KIMG thousand images (default 96).
 #   launch_ab.sh plain        (A)
 #   launch_ab.sh shift        (C)
-ARM=$1; KIMG=${KIMG:-96}
-CODE=$HOME/.cache/medsemgan/code/run_0.4.0
-RUNS=$HOME/.cache/medsemgan/runs
-export MEDSEMGAN_DATA=${MEDSEMGAN_DATA:-/work/shared/data} OMP_WAIT_POLICY=passive PYTHONPATH=$CODE
-cd $CODE
-case $ARM in
-  plain) exec nice -n 5 /work/main/.venv/bin/python -m medsemgan.cli train gan --config cpu128 \
-           --out $RUNS/jdwide_plain --resume --kimg $KIMG --processes 1 --threads 1 ;;
-  shift) exec nice -n 5 /work/main/.venv/bin/python -m medsemgan.cli train gan \
-           --config /work/main/docs/experiments/joint_shift_ab/cpu128_joint_shift.yaml \
-           --out $RUNS/jshift_c --resume --kimg $KIMG --processes 1 --threads 1 ;;
+HERE=$(dirname "$0"); KIMG=${KIMG:-96}
+case $1 in
+  plain) exec "$HERE/../launch_arm.sh" jdwide_plain cpu128 "$KIMG" ;;
+  shift) exec "$HERE/../launch_arm.sh" jshift_c /work/main/docs/experiments/joint_shift_ab/cpu128_joint_shift.yaml "$KIMG" ;;
   *) echo "usage: launch_ab.sh plain|shift" >&2; exit 2 ;;
 esac
