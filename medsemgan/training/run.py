@@ -135,6 +135,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def reseed_at_step(trainer: GanTrainer) -> None:
+    """Fresh, distinct streams for a run whose saved RNG states cannot be restored one-to-one
+    (another process count, or a warm start): seeded from the step so a rerun repeats them."""
+    seed_everything(rank_seed(int(trainer.t["seed"]) + trainer.step_index, trainer.info.rank))
+
+
 # --- checkpoints across ranks -----------------------------------------------------------------
 
 
@@ -170,7 +176,7 @@ def restore(trainer: GanTrainer, run_dir: Path) -> None:
     else:
         log.warning("checkpoint from %d processes resumed with %d: RNG streams reseeded",
                     len(rng), trainer.info.world_size)
-        seed_everything(rank_seed(int(trainer.t["seed"]) + trainer.step_index, trainer.info.rank))
+        reseed_at_step(trainer)
 
 
 # Which trainer state belongs to which model: section; a network is carried with its optimiser.
@@ -213,7 +219,7 @@ def warm_start(trainer: GanTrainer, source_run: Path) -> dict[str, Any]:
     trainer.pl_mean.copy_(state["pl_mean"].to(trainer.device))
     trainer.images_seen = int(state["images_seen"])
     trainer.step_index = trainer.images_seen // trainer.global_batch
-    seed_everything(rank_seed(int(trainer.t["seed"]) + trainer.step_index, trainer.info.rank))
+    reseed_at_step(trainer)
     return {"run": portable_path(source_run, tail=True), "images_seen": trainer.images_seen,
             "carried": carried, "fresh": [part for part in WARM_START_PARTS if part not in carried]}
 
