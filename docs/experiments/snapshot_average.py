@@ -7,7 +7,8 @@ generator too (the idea behind post-hoc EMA and stochastic weight averaging). Th
 float32 mean of the given snapshots (buffers such as the mapping's ``w_avg`` are averaged too) as
 ``OUT/<name>/snapshots/generator_ema_<images of the newest>.pt``, with the run's ``config.json``
 copied beside, so ``gan_milestones.py`` scores it under the run name ``<name>`` and ``medsemgan
-export --gan`` accepts it.
+export --gan`` accepts it (and copies ``averaged.json``, which snapshots were averaged, into the
+bundle's provenance).
 
     python docs/experiments/snapshot_average.py --name avg_50_65k --out ~/.cache/medsemgan/snapshot_avg \\
         ~/.cache/medsemgan/runs/gan_cpu128/snapshots/generator_ema_0000{50,55,60,65}000.pt
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from medsemgan.bundle.export import AVERAGED_RECORD
 from medsemgan.io_utils import atomic_path
+from medsemgan.paths import portable_path
 from medsemgan.training.run import snapshot_images_seen, snapshot_path
 from medsemgan.weights import read_weights
 
@@ -51,7 +54,9 @@ def main() -> None:
     shutil.copyfile(paths[-1].parent.parent / "config.json", run / "config.json")
     with atomic_path(target) as tmp:
         torch.save(average(paths), tmp)
-    (run / "averaged.json").write_text(json.dumps({"snapshots": [p.name for p in paths], "images_seen": seen}) + "\n")
+    record = {"run": portable_path(paths[-1], tail=True).split("/")[0], "snapshots": [p.name for p in paths],
+              "images_seen": seen}
+    (run / AVERAGED_RECORD).write_text(json.dumps(record) + "\n")
     print(target)
 
 

@@ -94,6 +94,11 @@ def _snapshot_images_seen(path: Path) -> int:
     return seen
 
 
+# Written beside a folder of averaged snapshots (docs/experiments/snapshot_average.py): which
+# snapshots the parameter mean was taken over. Export copies it into the provenance record.
+AVERAGED_RECORD = "averaged.json"
+
+
 def _snapshot_as_checkpoint(path: Path) -> dict[str, Any]:
     """A kept snapshot (plain state dict) with what its run folder knows, shaped like a checkpoint."""
     config_file = path.parent.parent / "config.json"
@@ -103,8 +108,10 @@ def _snapshot_as_checkpoint(path: Path) -> dict[str, Any]:
                                "the run's config.json beside snapshots/)")
     config_text = config_file.read_text()
     seen = _snapshot_images_seen(path)
+    averaged = path.parent.parent / AVERAGED_RECORD
     return {"G_ema": state, "config": config_text, "images_seen": seen,
-            "step": seen // int(json.loads(config_text)["training"]["batch_size"])}
+            "step": seen // int(json.loads(config_text)["training"]["batch_size"]),
+            "averaged_from": json.loads(averaged.read_text()) if averaged.is_file() else None}
 
 
 def _gan_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -128,6 +135,8 @@ def _gan_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "labeled_budget": (config.get("data") or {}).get("labeled_budget"),
         "training": {k: (config.get("training") or {}).get(k) for k in ("batch_size", "labeled_batch_size", "lr", "augment")},
     }
+    if state.get("averaged_from"):  # a parameter mean of several snapshots, not one generator of the run
+        info["averaged_from"] = state["averaged_from"]
     return state["G_ema"], info | {"model": config.get("model")}
 
 

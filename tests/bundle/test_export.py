@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 
 from helpers import tiny_config  # noqa: E402
 
-from medsemgan.bundle.export import PROVENANCE_NAME, export_encoder, export_generator  # noqa: E402
+from medsemgan.bundle.export import AVERAGED_RECORD, PROVENANCE_NAME, export_encoder, export_generator  # noqa: E402
 from medsemgan.cli import main  # noqa: E402
 from medsemgan.errors import InputError  # noqa: E402
 from medsemgan.models.build import build_generator  # noqa: E402
@@ -166,6 +166,11 @@ def test_a_kept_snapshot_exports_with_its_own_images_seen(gan_run, tmp_path):
     torch.save(G.state_dict(), numbered)
     export_generator(numbered, tmp_path / "numbered", dtype="fp32")
     assert json.loads((tmp_path / "numbered" / PROVENANCE_NAME).read_text())["generator.pt"]["images_seen"] == 16
+    (copy / AVERAGED_RECORD).write_text(json.dumps({"snapshots": ["a.pt", "b.pt"], "images_seen": [8, 16]}))
+    export_generator(numbered, tmp_path / "averaged", dtype="fp32")
+    record = json.loads((tmp_path / "averaged" / PROVENANCE_NAME).read_text())["generator.pt"]
+    assert record["averaged_from"]["images_seen"] == [8, 16]  # provenance says it is a mean, not one snapshot
+    assert "averaged_from" not in json.loads((tmp_path / "numbered" / PROVENANCE_NAME).read_text())["generator.pt"]
     stray = tmp_path / "snapshots" / "generator_ema_000000008.pt"  # no run around it: nothing says what it is
     stray.parent.mkdir()
     torch.save(G.state_dict(), stray)
