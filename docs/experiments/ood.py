@@ -1,7 +1,8 @@
 """Calibration of the out-of-domain warning for the shipped weights (inference.md "Out-of-domain
 warning"): per study, the mean over its slices of both signals at the encoder's w+ (encoder only,
 K = 0, so ``recon_mse`` is the MSE at the encoder's w+; ``structure_error`` never depends on K),
-each study through the encoder its modality uses. Needs the shared data; a few minutes on 2 cores."""
+each study through the encoder its modality uses. Needs the shared data; a few minutes on 2 cores.
+A staged bundle (e.g. ship_0.4.0.sh's) is measured with ``MEDSEMGAN_BUNDLE=<its bundle folder>``."""
 import time
 
 import torch
