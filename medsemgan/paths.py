@@ -134,8 +134,7 @@ def portable_path(path: str | os.PathLike, under: tuple[Path, ...] = (), *, tail
 
     Relative to the first of ``under`` that holds it, else ``DATA/...`` under :func:`data_root`, else
     relative to the repository (a relative ``path`` is taken from the working folder). Otherwise as
-    given, or with ``tail`` an absolute path's last two parts (``gan_1/checkpoint.pt``), three for a
-    run's kept snapshot (``gan_1/snapshots/generator_ema_best.pt``: two would not name the run).
+    given, or with ``tail`` an absolute path's last two parts (``gan_1/checkpoint.pt``).
     """
     text = os.fspath(path)
     resolved = Path(text).resolve()
@@ -148,8 +147,4 @@ def portable_path(path: str | os.PathLike, under: tuple[Path, ...] = (), *, tail
             return prefix + resolved.relative_to(base.resolve()).as_posix()
         except ValueError:
             continue
-    if not (tail and os.path.isabs(text)):
-        return text
-    parts = Path(text).parts
-    keep = 3 if len(parts) > 3 and parts[-2] == "snapshots" else 2
-    return Path(*parts[-keep:]).as_posix()
+    return Path(*Path(text).parts[-2:]).as_posix() if tail and os.path.isabs(text) else text

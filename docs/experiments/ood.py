@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from medsemgan.data.btcv import BTCV_DEV_PATIENTS
 from medsemgan.data.catalogue import get_study
 from medsemgan.inference.model import SegmentationModel
 from medsemgan.inference.segment import SegmentOptions, segment_volume
@@ -16,7 +17,7 @@ GROUPS = {
     "training CT": ["ircadb_1", "totalseg_ct", "totalseg_ct_dicom"],
     "CT test": ["chaos_ct_1"],
     # other scanners (issue 16: calibrate on CT from several sources, not one study)
-    "CT dev, BTCV": ["btcv_5", "btcv_11", "btcv_17", "btcv_23", "btcv_29"],
+    "CT dev, BTCV": [f"btcv_{p}" for p in BTCV_DEV_PATIENTS],
     "CHAOS T2 (MR encoder)": [f"chaos_t2_{p}" for p in (2, 15, 21, 22, 31, 32, 36, 37, 38, 39)],
     "TotalSegmentator MR (not in the report)": ["totalseg_mr"],
 }

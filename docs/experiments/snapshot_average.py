@@ -25,7 +25,6 @@ import torch
 
 from medsemgan.bundle.export import AVERAGED_RECORD
 from medsemgan.io_utils import atomic_path
-from medsemgan.paths import portable_path
 from medsemgan.training.run import snapshot_images_seen, snapshot_path
 from medsemgan.weights import read_weights
 
@@ -54,8 +53,7 @@ def main() -> None:
     shutil.copyfile(paths[-1].parent.parent / "config.json", run / "config.json")
     with atomic_path(target) as tmp:
         torch.save(average(paths), tmp)
-    record = {"run": portable_path(paths[-1], tail=True).split("/")[0], "snapshots": [p.name for p in paths],
-              "images_seen": seen}
+    record = {"run": paths[-1].parent.parent.name, "snapshots": [p.name for p in paths], "images_seen": seen}
     (run / AVERAGED_RECORD).write_text(json.dumps(record) + "\n")
     print(target)
 

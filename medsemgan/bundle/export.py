@@ -109,7 +109,8 @@ def _snapshot_as_checkpoint(path: Path) -> dict[str, Any]:
     config_text = config_file.read_text()
     seen = _snapshot_images_seen(path)
     averaged = path.parent.parent / AVERAGED_RECORD
-    return {"G_ema": state, "config": config_text, "images_seen": seen,
+    # named from the run's parent folder: run/snapshots/<file>, so the record says which run it is
+    return {"G_ema": state, "config": config_text, "images_seen": seen, "source": portable_path(path, (path.parents[2],)),
             "step": seen // int(json.loads(config_text)["training"]["batch_size"]),
             "averaged_from": json.loads(averaged.read_text()) if averaged.is_file() else None}
 
@@ -128,7 +129,7 @@ def _gan_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise InputError(checkpoint, "has no G_ema entry (not a GAN checkpoint)")
     config = json.loads(state["config"]) if isinstance(state.get("config"), str) else state.get("config") or {}
     info = {
-        "source": str(checkpoint),
+        "source": state.get("source", str(checkpoint)),
         "images_seen": int(state.get("images_seen", 0)),
         "steps": int(state.get("step", 0)),
         "config_source": config.get("_source"),
